@@ -1,0 +1,134 @@
+package kad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
+
+	"github.com/kadlib/kad/internal/kbucket"
+)
+
+// routingErrNotFound is go-libp2p's not-found error, which callers of
+// routing.Routing test for.
+var routingErrNotFound = routing.ErrNotFound
+
+// maxRefreshCPL is the deepest bucket refreshed: deeper buckets are almost
+// always empty in any network smaller than billions of peers.
+const maxRefreshCPL = 15
+
+// Bootstrap connects to the bootstrap peers, looks up our own id to fill
+// the buckets near us, then looks up a random key in each farther bucket.
+// It is safe to call again at any time.
+func (d *DHT) Bootstrap(ctx context.Context) error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	if err := d.connectBootstrapPeers(ctx); err != nil && d.rt.Size() == 0 {
+		return err
+	}
+	if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
+		return fmt.Errorf("kad: bootstrap: self lookup: %w", err)
+	}
+	return d.refreshBuckets(ctx, false)
+}
+
+// connectBootstrapPeers dials every bootstrap peer in parallel and admits
+// those that answer.
+func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
+	peers := d.cfg.bootstrapPeers
+	if len(peers) == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(peers))
+	for i, ai := range peers {
+		if ai.ID == d.self {
+			continue
+		}
+		wg.Add(1)
+		go func(i int, ai peer.AddrInfo) {
+			defer wg.Done()
+			errs[i] = d.addPeer(ctx, ai)
+		}(i, ai)
+	}
+	wg.Wait()
+	ok := 0
+	for _, e := range errs {
+		if e == nil {
+			ok++
+		}
+	}
+	if ok == 0 {
+		return fmt.Errorf("kad: bootstrap: no bootstrap peer reachable: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// addPeer connects to ai and admits it once it answers a FIND_NODE.
+func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
+	if err := d.h.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("connect %s: %w", ai.ID, err)
+	}
+	if err := d.probe(ctx, ai.ID); err != nil {
+		return fmt.Errorf("probe %s: %w", ai.ID, err)
+	}
+	d.admit(ai.ID)
+	return nil
+}
+
+// refreshBuckets looks up a random key in each bucket up to the deepest
+// non-empty one (bounded), one lookup at a time. With onlyStale it skips
+// buckets looked up within the refresh interval.
+func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
+	var maxCPL int
+	selfKey := kbucket.PeerKey(d.self)
+	d.rt.withTable(func(t *kbucket.Table) { maxCPL = t.MaxCPL() })
+	maxCPL = min(maxCPL, maxRefreshCPL)
+	var errs []error
+	for cpl := 0; cpl <= maxCPL; cpl++ {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("kad: refresh: %w", err)
+		}
+		if onlyStale && !d.bucketStale(cpl) {
+			continue
+		}
+		target := d.randomKeyInBucket(selfKey, cpl)
+		if _, err := d.GetClosestPeers(ctx, target); err != nil && !errors.Is(err, ErrNoPeers) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 && len(errs) == maxCPL+1 {
+		return fmt.Errorf("kad: refresh: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// randomKeyInBucket returns a FIND_NODE key whose position falls in
+// bucket cpl. Servers hash the key, so it must be a preimage: a random
+// peer id found by a search of about 2^(cpl+1) hashes, bounded; past the
+// bound a random key anywhere is used, which still explores the network.
+func (d *DHT) randomKeyInBucket(self kbucket.ID, cpl int) string {
+	d.rngMu.Lock()
+	defer d.rngMu.Unlock()
+	if p, ok := kbucket.RandomPeerIDWithCPL(self, cpl, d.rng, 1<<(maxRefreshCPL+4)); ok {
+		return string(p)
+	}
+	var b [32]byte
+	for i := range b {
+		b[i] = byte(d.rng.Uint32())
+	}
+	return string(b[:])
+}
+
+// bucketStale reports whether bucket cpl was not looked up within the
+// refresh interval.
+func (d *DHT) bucketStale(cpl int) bool {
+	var last time.Time
+	d.rt.withTable(func(t *kbucket.Table) { last = t.LastRefreshed(cpl) })
+	return time.Since(last) >= d.refreshInterval()
+}

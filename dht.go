@@ -1,0 +1,295 @@
+// Package kad is a Kademlia distributed hash table for go-libp2p hosts,
+// wire-compatible with the libp2p DHTs already running: go-libp2p-kad-dht,
+// js-libp2p's kad-dht and so the public IPFS Amino network.
+//
+// A DHT spreads three things over every server peer of a network: the
+// peers themselves (FindPeer, GetClosestPeers), small signed values
+// (PutValue, GetValue, SearchValue) and content-provider records (Provide,
+// FindProviders). Every peer and every key has a position in a 256-bit
+// keyspace, the sha2-256 of its bytes, and the distance between two
+// positions is their XOR. Each node keeps a routing table of k-buckets: a
+// few peers at every distance, many near itself. To reach the k peers
+// closest to a key, a node asks the closest peers it knows for closer
+// ones, alpha requests at a time, until the closest peers it has found
+// have all answered. Records are stored on, and read from, those k peers.
+//
+// Wrap a go-libp2p host with New, give it bootstrap peers, call Bootstrap,
+// and use the methods; *DHT implements go-libp2p's routing.Routing. A node
+// in server mode answers other peers' requests; a client only asks. Close
+// stops every goroutine the DHT started.
+package kad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// ErrClosed is returned by operations on a DHT after Close.
+var ErrClosed = errors.New("kad: DHT closed")
+
+// DHT is a Kademlia DHT node on a libp2p host. Its methods are safe for
+// concurrent use.
+type DHT struct {
+	h        host.Host
+	cfg      config
+	log      *slog.Logger
+	protocol protocol.ID
+	self     peer.ID
+
+	rt     *RoutingTable
+	sender *sender
+	stats  stats
+
+	ctx    context.Context // lifetime, cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the DHT starts
+
+	modeMu    sync.Mutex
+	serving   bool
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
+
+	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
+	verifySem  chan struct{} // bounds admission checks
+	handlers   map[int32]handlerFunc
+	notify     *network.NotifyBundle
+	notifyOnce sync.Once
+	ext        extState
+	rngMu      sync.Mutex
+	rng        *rand.Rand
+}
+
+// New starts a DHT on h. The context is used only during construction;
+// the DHT lives until Close. It does not contact any peer: call Bootstrap.
+func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%w: nil host", ErrInvalidOption)
+	}
+	cfg := defaults()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("kad: new: %w", err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	d := &DHT{
+		h:         h,
+		cfg:       cfg,
+		log:       cfg.logger.With("component", "kad", "self", h.ID()),
+		protocol:  protocol.ID(string(cfg.prefix) + "/kad/1.0.0"),
+		self:      h.ID(),
+		ctx:       lctx,
+		cancel:    cancel,
+		verifySem: make(chan struct{}, 8),
+		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	d.rt = newRoutingTable(d.self, cfg.bucketSize)
+	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize, cfg.idleStream/2)
+	d.handlers = d.coreHandlers()
+	if err := d.initExt(); err != nil {
+		cancel()
+		return nil, err
+	}
+
+	sub, err := h.EventBus().Subscribe([]any{
+		new(event.EvtPeerIdentificationCompleted),
+		new(event.EvtPeerProtocolsUpdated),
+		new(event.EvtLocalReachabilityChanged),
+	})
+	if err != nil {
+		cancel()
+		d.closeExt()
+		return nil, fmt.Errorf("kad: subscribe to host events: %w", err)
+	}
+	switch cfg.mode {
+	case ModeServer, ModeAutoServer:
+		d.setServing(true)
+	}
+	h.Network().Notify(d.notifiee())
+	d.wg.Add(1)
+	go d.eventLoop(sub)
+	// Peers already connected and identified are candidates too.
+	for _, p := range h.Network().Peers() {
+		d.consider(p)
+	}
+	d.startExt()
+	return d, nil
+}
+
+// Host returns the libp2p host the DHT runs on.
+func (d *DHT) Host() host.Host { return d.h }
+
+// RoutingTable returns a view of the routing table.
+func (d *DHT) RoutingTable() *RoutingTable { return d.rt }
+
+// Protocol returns the protocol id spoken, "<prefix>/kad/1.0.0".
+func (d *DHT) Protocol() protocol.ID { return d.protocol }
+
+// Mode returns the current mode: ModeServer while the node answers
+// requests, ModeClient otherwise.
+func (d *DHT) Mode() ModeOpt {
+	d.modeMu.Lock()
+	defer d.modeMu.Unlock()
+	if d.serving {
+		return ModeServer
+	}
+	return ModeClient
+}
+
+// Close stops the DHT: it unregisters the protocol handler, cancels every
+// lookup and background task, and waits for all of them. It does not
+// close the host. It is safe to call more than once.
+func (d *DHT) Close() error {
+	d.closeOnce.Do(func() {
+		d.closed.Store(true)
+		d.setServing(false)
+		d.h.Network().StopNotify(d.notifiee())
+		d.cancel()
+		d.wg.Wait()
+		d.sender.closeAll()
+		d.closeErr = d.closeExt()
+	})
+	return d.closeErr
+}
+
+// setServing registers or removes the stream handler; the host tells
+// connected peers through identify.
+func (d *DHT) setServing(on bool) {
+	d.modeMu.Lock()
+	defer d.modeMu.Unlock()
+	if on == d.serving {
+		return
+	}
+	if on && d.closed.Load() {
+		return
+	}
+	d.serving = on
+	if on {
+		d.h.SetStreamHandler(d.protocol, d.handleStream)
+	} else {
+		d.h.RemoveStreamHandler(d.protocol)
+	}
+	d.log.Debug("mode changed", "serving", on)
+}
+
+func (d *DHT) eventLoop(sub event.Subscription) {
+	defer d.wg.Done()
+	defer sub.Close()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case ev, ok := <-sub.Out():
+			if !ok {
+				return
+			}
+			switch e := ev.(type) {
+			case event.EvtPeerIdentificationCompleted:
+				d.consider(e.Peer)
+			case event.EvtPeerProtocolsUpdated:
+				for _, p := range e.Removed {
+					if p == d.protocol {
+						d.rt.remove(e.Peer)
+					}
+				}
+				d.consider(e.Peer)
+			case event.EvtLocalReachabilityChanged:
+				d.onReachability(e.Reachability)
+			}
+		}
+	}
+}
+
+func (d *DHT) onReachability(r network.Reachability) {
+	switch d.cfg.mode {
+	case ModeAuto:
+		d.setServing(r == network.ReachabilityPublic)
+	case ModeAutoServer:
+		d.setServing(r != network.ReachabilityPrivate)
+	}
+}
+
+// supportsDHT reports whether identify says p speaks our protocol.
+func (d *DHT) supportsDHT(p peer.ID) bool {
+	protos, err := d.h.Peerstore().SupportsProtocols(p, d.protocol)
+	return err == nil && len(protos) > 0
+}
+
+// consider starts an admission check for p if it advertises the protocol
+// and is not in the table: p is admitted only once it answers a FIND_NODE
+// for its own id, so unresponsive servers cannot poison the table.
+func (d *DHT) consider(p peer.ID) {
+	if p == d.self || d.closed.Load() || d.rt.Find(p) || !d.supportsDHT(p) {
+		return
+	}
+	if _, busy := d.verifying.LoadOrStore(p, struct{}{}); busy {
+		return
+	}
+	select {
+	case d.verifySem <- struct{}{}:
+	default:
+		// Too many checks at once: this peer will come up again.
+		d.verifying.Delete(p)
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer func() { <-d.verifySem; d.verifying.Delete(p) }()
+		if d.probe(d.ctx, p) == nil {
+			d.admit(p)
+		}
+	}()
+}
+
+// probe asks p a FIND_NODE for its own id and checks it answers.
+func (d *DHT) probe(ctx context.Context, p peer.ID) error {
+	_, err := d.findNode(ctx, p, []byte(p))
+	return err
+}
+
+// admit adds a peer that has proven to be a live server.
+func (d *DHT) admit(p peer.ID) {
+	if p == d.self || d.closed.Load() {
+		return
+	}
+	d.rt.add(p, time.Now())
+}
+
+// notifiee drops pooled streams to peers that disconnect.
+func (d *DHT) notifiee() network.Notifiee {
+	d.notifyOnce.Do(func() {
+		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
+			p := c.RemotePeer()
+			if n.Connectedness(p) != network.Connected {
+				d.sender.dropPeer(p)
+			}
+		}}
+	})
+	return d.notify
+}

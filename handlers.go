@@ -1,0 +1,178 @@
+package kad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
+	"github.com/kadlib/kad/internal/wire"
+)
+
+// errBadRequest rejects a request: the stream is reset and nothing changes.
+var errBadRequest = errors.New("kad: bad request")
+
+// handlerFunc answers one request from a peer. A nil response with a nil
+// error sends nothing (ADD_PROVIDER); an error resets the stream.
+type handlerFunc func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error)
+
+func (d *DHT) coreHandlers() map[int32]handlerFunc {
+	return map[int32]handlerFunc{
+		int32(pb.FindNode): d.handleFindNode,
+		int32(pb.Ping):     d.handlePing,
+	}
+}
+
+// handleStream serves requests on one inbound stream until the peer
+// closes it, it stays idle too long, or a request is bad.
+func (d *DHT) handleStream(s network.Stream) {
+	if d.closed.Load() {
+		_ = s.Reset()
+		return
+	}
+	d.wg.Add(1)
+	defer d.wg.Done()
+	stop := context.AfterFunc(d.ctx, func() { _ = s.Reset() })
+	defer stop()
+	from := s.Conn().RemotePeer()
+	r := wire.NewReader(s, d.cfg.maxMessageSize)
+	for {
+		_ = s.SetReadDeadline(time.Now().Add(d.cfg.idleStream))
+		var req pb.Message
+		if err := r.ReadMsg(&req); err != nil {
+			if errors.Is(err, io.EOF) {
+				_ = s.Close()
+			} else {
+				d.log.Debug("bad inbound message", "peer", from, "err", err)
+				_ = s.Reset()
+			}
+			return
+		}
+		d.stats.inbound.Add(1)
+		h, ok := d.handlers[int32(req.Type)]
+		if !ok {
+			d.log.Debug("unsupported request", "peer", from, "type", req.Type)
+			_ = s.Reset()
+			return
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, d.cfg.requestTimeout)
+		resp, err := h(ctx, from, &req)
+		cancel()
+		if err != nil {
+			d.log.Debug("request rejected", "peer", from, "type", req.Type, "err", err)
+			_ = s.Reset()
+			return
+		}
+		d.rt.seen(from, time.Now())
+		if resp == nil {
+			continue
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(d.cfg.requestTimeout))
+		if err := wire.WriteMsg(s, resp); err != nil {
+			_ = s.Reset()
+			return
+		}
+	}
+}
+
+func (d *DHT) handlePing(_ context.Context, _ peer.ID, req *pb.Message) (*pb.Message, error) {
+	return &pb.Message{Type: pb.Ping}, nil
+}
+
+func (d *DHT) handleFindNode(_ context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	if len(req.Key) == 0 {
+		return nil, fmt.Errorf("%w: FIND_NODE without key", errBadRequest)
+	}
+	resp := &pb.Message{Type: pb.FindNode, Key: req.Key, ClusterLevelRaw: req.ClusterLevelRaw}
+	// The exact target first, whenever we know its addresses: it is how a
+	// peer checks that another answers about itself.
+	if target, err := peer.IDFromBytes(req.Key); err == nil {
+		if e, ok := d.peerEntry(target); ok {
+			resp.CloserPeers = append(resp.CloserPeers, e)
+		}
+	}
+	resp.CloserPeers = append(resp.CloserPeers, d.closerPeers(req.Key, from)...)
+	return resp, nil
+}
+
+// closerPeers returns wire entries for the k closest table peers to key,
+// excluding the requester and peers whose addresses we do not know.
+func (d *DHT) closerPeers(key []byte, from peer.ID) []pb.Peer {
+	k := d.cfg.bucketSize
+	near := d.rt.nearest(kbucket.KeyForBytes(key), k+1)
+	out := make([]pb.Peer, 0, k)
+	for _, p := range near {
+		if p == from || p == d.self {
+			continue
+		}
+		if e, ok := d.peerEntry(p); ok {
+			out = append(out, e)
+			if len(out) == k {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// peerEntry builds a wire entry for p with at most maxAddrsPerPeer of its
+// addresses; ok is false when none are known.
+func (d *DHT) peerEntry(p peer.ID) (pb.Peer, bool) {
+	var addrs []ma.Multiaddr
+	if p == d.self {
+		addrs = d.h.Addrs()
+	} else {
+		addrs = d.h.Peerstore().Addrs(p)
+	}
+	if len(addrs) == 0 {
+		return pb.Peer{}, false
+	}
+	return d.encodePeer(p, addrs), true
+}
+
+func (d *DHT) encodePeer(p peer.ID, addrs []ma.Multiaddr) pb.Peer {
+	if len(addrs) > d.cfg.maxAddrsPerPeer {
+		addrs = addrs[:d.cfg.maxAddrsPerPeer]
+	}
+	e := pb.Peer{ID: []byte(p), Addrs: make([][]byte, 0, len(addrs))}
+	for _, a := range addrs {
+		e.Addrs = append(e.Addrs, a.Bytes())
+	}
+	if p != d.self && d.h.Network().Connectedness(p) == network.Connected {
+		e.Connection = pb.Connected
+	}
+	return e
+}
+
+// decodePeers turns wire entries into AddrInfos, dropping entries with a
+// garbage id and addresses that do not parse, and never returning
+// ourselves. At most limit entries are kept.
+func decodePeers(in []pb.Peer, self peer.ID, limit int) []peer.AddrInfo {
+	out := make([]peer.AddrInfo, 0, min(len(in), limit))
+	for _, e := range in {
+		if len(out) == limit {
+			break
+		}
+		id, err := peer.IDFromBytes(e.ID)
+		if err != nil || id == self {
+			continue
+		}
+		ai := peer.AddrInfo{ID: id}
+		for _, b := range e.Addrs {
+			a, err := ma.NewMultiaddrBytes(b)
+			if err != nil {
+				continue
+			}
+			ai.Addrs = append(ai.Addrs, a)
+		}
+		out = append(out, ai)
+	}
+	return out
+}

@@ -1,0 +1,98 @@
+package lookup
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Defaults used when a Config field is zero. They are the Amino (public IPFS
+// DHT) values, so a lookup behaves like the peers we interoperate with.
+const (
+	DefaultK     = 20
+	DefaultAlpha = 10
+	DefaultBeta  = 3
+)
+
+// ErrInvalidConfig is wrapped by every error Validate returns, so the option
+// layer can report a bad lookup setting with errors.Is without string checks.
+var ErrInvalidConfig = errors.New("lookup: invalid config")
+
+// Config tunes a lookup. The zero value is usable: every zero field takes its
+// default.
+type Config struct {
+	// K is how many results the lookup wants, and also how wide the window of
+	// candidates it will query is: a peer outside the K closest non-failed
+	// candidates is never asked. Default 20 (DefaultK).
+	K int
+	// Alpha caps the requests in flight, bounding the load one lookup puts on
+	// the network and on the driver. Default 10 (DefaultAlpha).
+	Alpha int
+	// Beta is the resiliency: the lookup never ends while any of the Beta
+	// closest non-failed candidates has not answered. Default 3
+	// (DefaultBeta), lowered to K when K is smaller. Because a lookup also
+	// waits for all of the K closest, Beta only matters as a floor today.
+	Beta int
+	// Disjoint is the number of disjoint paths (S/Kademlia). With d > 1 the
+	// seeds are dealt to d independent paths that never query a peer learned
+	// on another path, so one malicious answer cannot steer every path.
+	// Each path gets its share of Alpha. 0 or 1 means a single path.
+	Disjoint int
+}
+
+// withDefaults returns a copy with zero fields set to their defaults; it never
+// mutates the caller's Config.
+func (c Config) withDefaults() Config {
+	if c.K == 0 {
+		c.K = DefaultK
+	}
+	if c.Alpha == 0 {
+		c.Alpha = DefaultAlpha
+	}
+	if c.Beta == 0 {
+		c.Beta = min(DefaultBeta, c.K)
+	}
+	if c.Disjoint == 0 {
+		c.Disjoint = 1
+	}
+	return c
+}
+
+// Validate lets the option layer reject a bad setting up front with a clear
+// error, instead of New silently repairing it. Zero fields are valid (they
+// mean "default"); the checks apply to the values after defaults.
+func (c Config) Validate() error {
+	d := c.withDefaults()
+	switch {
+	case d.K < 0:
+		return fmt.Errorf("%w: K = %d, want > 0", ErrInvalidConfig, c.K)
+	case d.Alpha < 0:
+		return fmt.Errorf("%w: Alpha = %d, want > 0", ErrInvalidConfig, c.Alpha)
+	case d.Beta < 0 || d.Beta > d.K:
+		return fmt.Errorf("%w: Beta = %d, want 1..K (%d)", ErrInvalidConfig, c.Beta, d.K)
+	case d.Disjoint < 0 || d.Disjoint > d.Alpha:
+		return fmt.Errorf("%w: Disjoint = %d, want 0..Alpha (%d): each path needs at least one request in flight",
+			ErrInvalidConfig, c.Disjoint, d.Alpha)
+	}
+	return nil
+}
+
+// normalized is what New runs on: defaults applied and every out-of-range
+// value clamped, so New has no error path.
+func (c Config) normalized() Config {
+	if c.K < 0 {
+		c.K = 0
+	}
+	if c.Alpha < 0 {
+		c.Alpha = 0
+	}
+	if c.Beta < 0 {
+		c.Beta = 0
+	}
+	if c.Disjoint < 0 {
+		c.Disjoint = 0
+	}
+	c = c.withDefaults()
+	c.Beta = min(c.Beta, c.K)
+	c.Disjoint = min(c.Disjoint, c.Alpha)
+	return c
+}
