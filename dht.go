@@ -34,6 +34,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/kadlib/kad/internal/kbucket"
 )
 
 // ErrClosed is returned by operations on a DHT after Close.
@@ -109,6 +111,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	d.rt = newRoutingTable(d.self, cfg.bucketSize)
+	d.rt.onChange = d.peerChanged
 	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize, cfg.idleStream/2)
 	d.handlers = d.coreHandlers()
 	if err := d.initExt(); err != nil {
@@ -131,13 +134,16 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.eventLoop(sub)
+	go d.maintain()
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)
 	}
 	d.startExt()
+	d.wg.Add(1)
+	go d.loadTable()
 	return d, nil
 }
 
@@ -171,8 +177,13 @@ func (d *DHT) Close() error {
 		d.h.Network().StopNotify(d.notifiee())
 		d.cancel()
 		d.wg.Wait()
+		// Save the table for the next run, with a fresh, short context:
+		// the lifetime one is already cancelled.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		saveErr := d.saveTable(ctx)
+		cancel()
 		d.sender.closeAll()
-		d.closeErr = d.closeExt()
+		d.closeErr = errors.Join(saveErr, d.closeExt())
 	})
 	return d.closeErr
 }
@@ -273,12 +284,29 @@ func (d *DHT) probe(ctx context.Context, p peer.ID) error {
 	return err
 }
 
+// peerChanged reports table changes to the application and metrics.
+func (d *DHT) peerChanged(p peer.ID, added bool) {
+	if added {
+		d.log.Debug("peer added", "peer", p)
+		if f := d.cfg.onPeerAdded; f != nil {
+			f(p)
+		}
+		return
+	}
+	d.log.Debug("peer removed", "peer", p)
+	if f := d.cfg.onPeerRemoved; f != nil {
+		f(p)
+	}
+}
+
 // admit adds a peer that has proven to be a live server.
 func (d *DHT) admit(p peer.ID) {
 	if p == d.self || d.closed.Load() {
 		return
 	}
-	d.rt.add(p, time.Now())
+	if d.rt.add(p, time.Now()) == kbucket.Pending {
+		d.onBucketFull(p)
+	}
 }
 
 // notifiee drops pooled streams to peers that disconnect.

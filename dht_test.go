@@ -161,3 +161,19 @@ func TestFindPeerEveryNode(t *testing.T) {
 		require.NotEmpty(t, ai.Addrs)
 	}
 }
+
+// kill stops node i abruptly, as a crash would: its links are cut and its
+// connections dropped, so peers see only silence.
+func (tn *testNet) kill(t testing.TB, i int) {
+	t.Helper()
+	d := tn.nodes[i]
+	for _, o := range tn.nodes {
+		if o.self == d.self {
+			continue
+		}
+		_ = tn.mn.UnlinkPeers(d.self, o.self)
+		_ = tn.mn.DisconnectPeers(d.self, o.self)
+	}
+	_ = d.Close()
+	_ = d.h.Close()
+}

@@ -69,6 +69,9 @@ type config struct {
 	idleStream      time.Duration
 	maxMessageSize  int
 	maxAddrsPerPeer int
+	randomWalk      bool
+	onPeerAdded     func(peer.ID)
+	onPeerRemoved   func(peer.ID)
 	ext             extConfig
 }
 
@@ -85,6 +88,7 @@ func defaults() config {
 		idleStream:      time.Minute,
 		maxMessageSize:  4 << 20,
 		maxAddrsPerPeer: 16,
+		randomWalk:      true,
 		ext:             defaultExt(),
 	}
 }
@@ -225,4 +229,33 @@ func MaxMessageSize(n int) Option {
 // 16 KiB by default). Default 16.
 func MaxAddrsPerPeer(n int) Option {
 	return func(c *config) error { c.maxAddrsPerPeer = n; return nil }
+}
+
+// RandomWalk turns the table's background upkeep on or off: periodic
+// self-lookups, random lookups in stale buckets, liveness checks and
+// re-bootstrapping when the table runs low. Off means the node sends no
+// request unless the application asks for one. Default on.
+func RandomWalk(enabled bool) Option {
+	return func(c *config) error { c.randomWalk = enabled; return nil }
+}
+
+// RefreshInterval sets how often the table is refreshed: buckets not looked
+// up for this long get a random lookup, and peers not heard from for this
+// long are checked. Default 10 min, as in the IPFS Amino DHT.
+func RefreshInterval(d time.Duration) Option {
+	return func(c *config) error { c.ext.refreshInterval = d; return nil }
+}
+
+// OnPeerAdded calls f for each peer added to the routing table, after the
+// fact and outside any lock; f must return quickly (hand work to your own
+// goroutine). Default none.
+func OnPeerAdded(f func(peer.ID)) Option {
+	return func(c *config) error { c.onPeerAdded = f; return nil }
+}
+
+// OnPeerRemoved calls f for each peer removed from the routing table
+// (unresponsive, gone, or no longer speaking the protocol); same rules as
+// OnPeerAdded. Default none.
+func OnPeerRemoved(f func(peer.ID)) Option {
+	return func(c *config) error { c.onPeerRemoved = f; return nil }
 }

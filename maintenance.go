@@ -1,0 +1,143 @@
+package kad
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kadlib/kad/internal/kbucket"
+)
+
+// maintainConcurrency bounds the liveness checks run at once.
+const maintainConcurrency = 8
+
+// maintain is the table's background upkeep, owned by d.wg: every refresh
+// interval it checks peers not heard from lately, runs a self-lookup and
+// looks up a random key in each bucket not looked up recently; every
+// lowWaterCheck it re-bootstraps if the table has shrunk below the low
+// water mark. It does nothing at all when random walk is off.
+func (d *DHT) maintain() {
+	defer d.wg.Done()
+	if !d.cfg.randomWalk {
+		return
+	}
+	refresh := time.NewTicker(d.cfg.ext.refreshInterval)
+	defer refresh.Stop()
+	low := time.NewTicker(d.lowWaterCheck())
+	defer low.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-refresh.C:
+			d.refreshOnce(d.ctx)
+			d.saveTable(d.ctx)
+		case <-low.C:
+			if d.rt.Size() < d.lowWater() && len(d.cfg.bootstrapPeers) > 0 {
+				d.log.Debug("routing table below low water mark: bootstrapping", "size", d.rt.Size())
+				if err := d.Bootstrap(d.ctx); err != nil {
+					d.log.Debug("re-bootstrap failed", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// lowWater is the table size under which the node bootstraps by itself.
+func (d *DHT) lowWater() int { return max(1, d.cfg.bucketSize/4) }
+
+// lowWaterCheck is how often the table size is checked against lowWater.
+func (d *DHT) lowWaterCheck() time.Duration {
+	return min(time.Minute, d.cfg.ext.refreshInterval)
+}
+
+// refreshOnce is one round of upkeep: liveness checks, a self-lookup,
+// then stale buckets.
+func (d *DHT) refreshOnce(ctx context.Context) {
+	d.checkLiveness(ctx, time.Now().Add(-d.cfg.ext.refreshInterval))
+	if d.rt.Size() == 0 {
+		if err := d.Bootstrap(ctx); err != nil {
+			d.log.Debug("refresh: bootstrap failed", "err", err)
+		}
+		return
+	}
+	if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
+		d.log.Debug("refresh: self lookup failed", "err", err)
+	}
+	if err := d.refreshBuckets(ctx, true); err != nil {
+		d.log.Debug("refresh failed", "err", err)
+	}
+}
+
+// checkLiveness probes every table peer last seen before cutoff; those
+// that do not answer are evicted, and a cached candidate takes their place.
+func (d *DHT) checkLiveness(ctx context.Context, cutoff time.Time) {
+	var stale []peer.ID
+	d.rt.withTable(func(t *kbucket.Table) {
+		for _, p := range t.Peers() {
+			if seen, ok := t.LastSeen(p); ok && seen.Before(cutoff) {
+				stale = append(stale, p)
+			}
+		}
+	})
+	sem := make(chan struct{}, maintainConcurrency)
+	var wg sync.WaitGroup
+	for _, p := range stale {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			d.checkPeer(ctx, p)
+		}()
+	}
+	wg.Wait()
+}
+
+// checkPeer probes p: an answer refreshes it, silence evicts it.
+func (d *DHT) checkPeer(ctx context.Context, p peer.ID) {
+	if err := d.probe(ctx, p); err != nil {
+		if ctx.Err() == nil {
+			d.log.Debug("evicting unresponsive peer", "peer", p, "err", err)
+			d.rt.remove(p)
+		}
+		return
+	}
+	d.rt.seen(p, time.Now())
+}
+
+// onBucketFull runs when a verified peer finds its bucket full and waits in
+// the replacement cache: the bucket's least recently seen peer is checked,
+// and if it is dead the candidate takes its place.
+func (d *DHT) onBucketFull(candidate peer.ID) {
+	var oldest peer.ID
+	var ok bool
+	d.rt.withTable(func(t *kbucket.Table) {
+		oldest, ok = t.Oldest(t.BucketFor(kbucket.PeerKey(candidate)))
+	})
+	if !ok {
+		return
+	}
+	if _, busy := d.verifying.LoadOrStore(oldest, struct{}{}); busy {
+		return
+	}
+	select {
+	case d.verifySem <- struct{}{}:
+	default:
+		d.verifying.Delete(oldest)
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer func() { <-d.verifySem; d.verifying.Delete(oldest) }()
+		d.checkPeer(d.ctx, oldest)
+	}()
+}

@@ -1,0 +1,218 @@
+package kad
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/kbucket"
+)
+
+// waitFor polls cond every 20 ms until it holds or d passes.
+func waitFor(t testing.TB, d time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: %s", d, msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func totalInbound(nodes []*DHT) int64 {
+	var n int64
+	for _, d := range nodes {
+		n += d.Stats().InboundRequests
+	}
+	return n
+}
+
+func TestRandomWalkOffSendsNothingWhileIdle(t *testing.T) {
+	tn := newTestNet(t, 12, 7, RandomWalk(false), RefreshInterval(50*time.Millisecond))
+	// Let admission checks triggered by the joins settle.
+	var last int64 = -1
+	waitFor(t, 10*time.Second, "traffic settles", func() bool {
+		now := totalInbound(tn.nodes)
+		settled := now == last
+		last = now
+		time.Sleep(100 * time.Millisecond)
+		return settled
+	})
+	before := totalInbound(tn.nodes)
+	time.Sleep(500 * time.Millisecond) // ten refresh intervals
+	require.Equal(t, before, totalInbound(tn.nodes), "no request while idle with random walk off")
+}
+
+func TestRefreshFillsTable(t *testing.T) {
+	tn := newTestNet(t, 30, 8)
+	// A newcomer that only knows one peer and never calls Bootstrap: the
+	// background refresh alone must fill its table.
+	h, err := tn.mn.GenPeer()
+	require.NoError(t, err)
+	require.NoError(t, tn.mn.LinkAll())
+	d, err := New(context.Background(), h, Mode(ModeServer), RefreshInterval(100*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, d.addPeer(ctx, peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}))
+	require.Equal(t, 1, d.RoutingTable().Size())
+	waitFor(t, 15*time.Second, "refresh fills the table", func() bool { return d.RoutingTable().Size() >= 20 })
+}
+
+func TestDeadPeerReplacedByCandidate(t *testing.T) {
+	// Bucket size 1: most peers wait in replacement caches.
+	tn := newTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false))
+	a := tn.nodes[0]
+	var dead, candidate peer.ID
+	a.rt.withTable(func(tb *kbucket.Table) {
+		for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
+			if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
+				dead, _ = tb.Oldest(cpl)
+				candidate = reps[len(reps)-1]
+				return
+			}
+		}
+	})
+	require.NotEmpty(t, dead, "a full bucket with a waiting candidate")
+	// The bucket's peer dies abruptly.
+	for i, d := range tn.nodes {
+		if d.self == dead {
+			tn.kill(t, i)
+		}
+	}
+	a.checkLiveness(context.Background(), time.Now().Add(time.Hour))
+	require.False(t, a.RoutingTable().Find(dead), "dead peer evicted")
+	require.True(t, a.RoutingTable().Find(candidate), "cached candidate promoted")
+}
+
+func TestModeFollowsReachability(t *testing.T) {
+	cases := []struct {
+		mode  ModeOpt
+		start ModeOpt
+		steps []struct {
+			r    network.Reachability
+			want ModeOpt
+		}
+	}{
+		{ModeAuto, ModeClient, []struct {
+			r    network.Reachability
+			want ModeOpt
+		}{{network.ReachabilityPublic, ModeServer}, {network.ReachabilityPrivate, ModeClient}, {network.ReachabilityUnknown, ModeClient}}},
+		{ModeAutoServer, ModeServer, []struct {
+			r    network.Reachability
+			want ModeOpt
+		}{{network.ReachabilityPrivate, ModeClient}, {network.ReachabilityUnknown, ModeServer}, {network.ReachabilityPublic, ModeServer}}},
+		{ModeClient, ModeClient, []struct {
+			r    network.Reachability
+			want ModeOpt
+		}{{network.ReachabilityPublic, ModeClient}}},
+		{ModeServer, ModeServer, []struct {
+			r    network.Reachability
+			want ModeOpt
+		}{{network.ReachabilityPrivate, ModeServer}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			mn := mocknet.New()
+			defer mn.Close()
+			h, err := mn.GenPeer()
+			require.NoError(t, err)
+			d, err := New(context.Background(), h, Mode(tc.mode), RandomWalk(false))
+			require.NoError(t, err)
+			defer d.Close()
+			require.Equal(t, tc.start, d.Mode())
+			em, err := h.EventBus().Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
+			require.NoError(t, err)
+			defer em.Close()
+			for _, st := range tc.steps {
+				require.NoError(t, em.Emit(event.EvtLocalReachabilityChanged{Reachability: st.r}))
+				waitFor(t, 5*time.Second, "mode "+st.want.String(), func() bool { return d.Mode() == st.want })
+				served := slices.Contains(h.Mux().Protocols(), d.Protocol())
+				require.Equal(t, st.want == ModeServer, served, "stream handler registered only in server mode")
+			}
+		})
+	}
+}
+
+func TestRestartRejoinsFromSavedTable(t *testing.T) {
+	tn := newTestNet(t, 20, 10, RandomWalk(false))
+	store := dssync.MutexWrap(ds.NewMapDatastore())
+	h, err := tn.mn.GenPeer()
+	require.NoError(t, err)
+	require.NoError(t, tn.mn.LinkAll())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	boot := peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}
+	d, err := New(ctx, h, Mode(ModeServer), Datastore(store), BootstrapPeers(boot), RandomWalk(false))
+	require.NoError(t, err)
+	require.NoError(t, d.Bootstrap(ctx))
+	size := d.RoutingTable().Size()
+	require.Greater(t, size, 5)
+	sk := h.Peerstore().PrivKey(h.ID())
+	addr := h.Addrs()[0]
+	require.NoError(t, d.Close())
+	require.NoError(t, h.Close())
+
+	// Same identity and datastore, no bootstrap peers.
+	h2, err := tn.mn.AddPeer(sk, addr)
+	require.NoError(t, err)
+	require.NoError(t, tn.mn.LinkAll())
+	d2, err := New(ctx, h2, Mode(ModeServer), Datastore(store), RandomWalk(false))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = d2.Close() })
+	waitFor(t, 10*time.Second, "saved peers re-admitted", func() bool { return d2.RoutingTable().Size() >= size/2 })
+	target := tn.nodes[len(tn.nodes)-1].self
+	ai, err := d2.FindPeer(ctx, target)
+	require.NoError(t, err)
+	require.Equal(t, target, ai.ID)
+}
+
+func TestPeerEvents(t *testing.T) {
+	added := make(chan peer.ID, 64)
+	removed := make(chan peer.ID, 64)
+	mn := mocknet.New()
+	defer mn.Close()
+	var nodes []*DHT
+	for i := 0; i < 3; i++ {
+		h, err := mn.GenPeer()
+		require.NoError(t, err)
+		opts := []Option{Mode(ModeServer), RandomWalk(false)}
+		if i == 0 {
+			opts = append(opts, OnPeerAdded(func(p peer.ID) { added <- p }), OnPeerRemoved(func(p peer.ID) { removed <- p }))
+		}
+		d, err := New(context.Background(), h, opts...)
+		require.NoError(t, err)
+		defer d.Close()
+		nodes = append(nodes, d)
+	}
+	require.NoError(t, mn.LinkAll())
+	require.NoError(t, mn.ConnectAllButSelf())
+	got := map[peer.ID]bool{}
+	for len(got) < 2 {
+		select {
+		case p := <-added:
+			got[p] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("added events: got %d of 2", len(got))
+		}
+	}
+	nodes[0].rt.remove(nodes[1].self)
+	select {
+	case p := <-removed:
+		require.Equal(t, nodes[1].self, p)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no removed event")
+	}
+}
