@@ -24,7 +24,9 @@ const maxRefreshCPL = 15
 // Bootstrap connects to the bootstrap peers, looks up our own id to fill
 // the buckets near us, then looks up a random key in each farther bucket.
 // It is safe to call again at any time.
-func (d *DHT) Bootstrap(ctx context.Context) error {
+func (d *DHT) Bootstrap(ctx context.Context) (err error) {
+	ctx, span := d.startSpan(ctx, "Bootstrap")
+	defer func() { endSpan(span, err) }()
 	if d.closed.Load() {
 		return ErrClosed
 	}

@@ -3,8 +3,8 @@
 // js-libp2p's kad-dht and so the public IPFS Amino network.
 //
 // A DHT spreads three things over every server peer of a network: the
-// peers themselves (FindPeer, GetClosestPeers), small signed values
-// (PutValue, GetValue, SearchValue) and content-provider records (Provide,
+// peers themselves (FindPeer, GetClosestPeers), small values (PutValue,
+// GetValue, SearchValue) and content-provider records (Provide,
 // FindProviders). Every peer and every key has a position in a 256-bit
 // keyspace, the sha2-256 of its bytes, and the distance between two
 // positions is their XOR. Each node keeps a routing table of k-buckets: a
@@ -17,6 +17,21 @@
 // and use the methods; *DHT implements go-libp2p's routing.Routing. A node
 // in server mode answers other peers' requests; a client only asks. Close
 // stops every goroutine the DHT started.
+//
+// Values live in namespaces: a key "/<ns>/..." is stored, served and read
+// only by nodes with a validator for <ns> (NamespacedValidator), which
+// decides what is valid and which of two values is better. Every node of a
+// network must run the same validators; only "pk" is built in. Provider
+// records need no validator: a peer announces only itself, with its
+// addresses, under a CID's multihash.
+//
+// The protocol id is "<prefix>/kad/1.0.0". The default prefix "/ipfs"
+// joins the Amino DHT (give it its bootstrap peers); a private network
+// picks its own with ProtocolPrefix and never mixes with it.
+//
+// The examples directory has runnable programs: a phone book on a network
+// of twenty nodes (examples/phonebook) and content routing with fetching
+// (examples/providers); cmd/kad is a command-line node.
 package kad
 
 import (
@@ -67,9 +82,11 @@ type DHT struct {
 	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
 	verifySem  chan struct{} // bounds admission checks
 	handlers   map[int32]handlerFunc
+	limiter    *inboundLimiter
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
+	tel        telemetry
 	rngMu      sync.Mutex
 	rng        *rand.Rand
 }
@@ -112,11 +129,20 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	}
 	d.rt = newRoutingTable(d.self, cfg.bucketSize)
 	d.rt.onChange = d.peerChanged
-	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize, cfg.idleStream/2)
+	if cfg.diversity != nil {
+		d.rt.div = newDiversity(*cfg.diversity)
+		d.rt.groupOf = func(p peer.ID) string { return ipGroup(h.Peerstore().Addrs(p)) }
+	}
+	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize, min(cfg.idleStream/2, outboundIdleTTL))
 	d.handlers = d.coreHandlers()
+	d.limiter = newInboundLimiter(cfg.limits)
+	if err := d.initTelemetry(); err != nil {
+		cancel()
+		return nil, fmt.Errorf("kad: telemetry: %w", err)
+	}
 	if err := d.initExt(); err != nil {
 		cancel()
-		return nil, err
+		return nil, errors.Join(err, d.closeTelemetry())
 	}
 
 	sub, err := h.EventBus().Subscribe([]any{
@@ -126,17 +152,17 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	})
 	if err != nil {
 		cancel()
-		d.closeExt()
-		return nil, fmt.Errorf("kad: subscribe to host events: %w", err)
+		return nil, errors.Join(fmt.Errorf("kad: subscribe to host events: %w", err), d.closeExt(), d.closeTelemetry())
 	}
 	switch cfg.mode {
 	case ModeServer, ModeAutoServer:
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go d.eventLoop(sub)
 	go d.maintain()
+	go d.sweepStreams()
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)
@@ -183,7 +209,7 @@ func (d *DHT) Close() error {
 		saveErr := d.saveTable(ctx)
 		cancel()
 		d.sender.closeAll()
-		d.closeErr = errors.Join(saveErr, d.closeExt())
+		d.closeErr = errors.Join(saveErr, d.closeExt(), d.closeTelemetry())
 	})
 	return d.closeErr
 }
@@ -242,6 +268,26 @@ func (d *DHT) onReachability(r network.Reachability) {
 		d.setServing(r == network.ReachabilityPublic)
 	case ModeAutoServer:
 		d.setServing(r != network.ReachabilityPrivate)
+	}
+}
+
+// outboundIdleTTL is how long an idle outbound stream is kept for reuse:
+// long enough to serve the requests of one lookup burst, short enough not
+// to pin goroutines on both sides between bursts.
+const outboundIdleTTL = 5 * time.Second
+
+// sweepStreams closes idle outbound streams past their TTL.
+func (d *DHT) sweepStreams() {
+	defer d.wg.Done()
+	t := time.NewTicker(d.sender.idleTTL / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case now := <-t.C:
+			d.sender.sweep(now)
+		}
 	}
 }
 

@@ -30,16 +30,23 @@ func newTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
 	tn := &testNet{mn: mn}
+	r := rand.New(rand.NewPCG(seed, 0))
+	var infos []peer.AddrInfo
 	for i := 0; i < n; i++ {
 		h, err := mn.GenPeer()
 		require.NoError(t, err)
-		d, err := New(ctx, h, append([]Option{Mode(ModeServer)}, opts...)...)
+		infos = append(infos, peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
+		// Each node joins through up to 3 random earlier nodes.
+		var boots []peer.AddrInfo
+		for j := 0; j < 3 && j < i; j++ {
+			boots = append(boots, infos[r.IntN(i)])
+		}
+		d, err := New(ctx, h, append([]Option{Mode(ModeServer), BootstrapPeers(boots...)}, opts...)...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = d.Close() })
 		tn.nodes = append(tn.nodes, d)
 	}
 	require.NoError(t, mn.LinkAll())
-	r := rand.New(rand.NewPCG(seed, 0))
 	// Each node joins through up to 3 random earlier nodes; the joins run a
 	// few at a time, as nodes would arrive in a real network.
 	sem := make(chan struct{}, 8)
@@ -48,19 +55,20 @@ func newTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 		if i == 0 {
 			continue
 		}
-		var boots []peer.AddrInfo
-		for j := 0; j < 3 && j < i; j++ {
-			b := tn.nodes[r.IntN(i)]
-			boots = append(boots, peer.AddrInfo{ID: b.self, Addrs: b.h.Addrs()})
-		}
-		d.cfg.bootstrapPeers = boots
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := d.Bootstrap(ctx); err != nil {
-				t.Errorf("bootstrap: %v", err)
+			// Joining is connecting to the bootstrap peers and a
+			// self-lookup; the bucket refreshes of Bootstrap would
+			// multiply setup time for little gain in a test network.
+			if err := d.connectBootstrapPeers(ctx); err != nil {
+				t.Errorf("join: %v", err)
+				return
+			}
+			if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
+				t.Errorf("join: self lookup: %v", err)
 			}
 		}()
 		if i%16 == 0 {

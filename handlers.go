@@ -39,12 +39,26 @@ func (d *DHT) handleStream(s network.Stream) {
 	}
 	d.wg.Add(1)
 	defer d.wg.Done()
+	from := s.Conn().RemotePeer()
+	release, err := d.admitStream(s, from)
+	if err != nil {
+		d.log.Debug("inbound stream refused", "peer", from, "err", err)
+		_ = s.Reset()
+		return
+	}
+	defer release()
 	stop := context.AfterFunc(d.ctx, func() { _ = s.Reset() })
 	defer stop()
-	from := s.Conn().RemotePeer()
 	r := wire.NewReader(s, d.cfg.maxMessageSize)
+	r.Reserve = reserveReadBuffer(s)
+	// One timer bounds both waits on the peer, the next request (idle
+	// timeout) and the writing of an answer (request timeout), by resetting
+	// the stream: deadlines would do, but not every transport honours them
+	// (mocknet ignores them).
+	timer := time.AfterFunc(d.cfg.idleStream, func() { _ = s.Reset() })
+	defer timer.Stop()
 	for {
-		_ = s.SetReadDeadline(time.Now().Add(d.cfg.idleStream))
+		timer.Reset(d.cfg.idleStream)
 		var req pb.Message
 		if err := r.ReadMsg(&req); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -55,16 +69,16 @@ func (d *DHT) handleStream(s network.Stream) {
 			}
 			return
 		}
+		timer.Stop()
 		d.stats.inbound.Add(1)
-		h, ok := d.handlers[int32(req.Type)]
-		if !ok {
-			d.log.Debug("unsupported request", "peer", from, "type", req.Type)
+		if err := d.limiter.allow(from, time.Now()); err != nil {
+			d.observeInbound(req.Type, err)
+			d.log.Debug("request refused", "peer", from, "type", req.Type, "err", err)
 			_ = s.Reset()
 			return
 		}
-		ctx, cancel := context.WithTimeout(d.ctx, d.cfg.requestTimeout)
-		resp, err := h(ctx, from, &req)
-		cancel()
+		resp, err := d.serve(d.ctx, from, &req)
+		d.observeInbound(req.Type, err)
 		if err != nil {
 			d.log.Debug("request rejected", "peer", from, "type", req.Type, "err", err)
 			_ = s.Reset()
@@ -74,12 +88,35 @@ func (d *DHT) handleStream(s network.Stream) {
 		if resp == nil {
 			continue
 		}
-		_ = s.SetWriteDeadline(time.Now().Add(d.cfg.requestTimeout))
+		timer.Reset(d.cfg.requestTimeout)
 		if err := wire.WriteMsg(s, resp); err != nil {
 			_ = s.Reset()
 			return
 		}
 	}
+}
+
+// serve answers one request within the request timeout: the limits every
+// request is held to, then its type's handler, then the response limits.
+// An error means the request is refused and changed nothing.
+func (d *DHT) serve(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	if err := d.checkRequest(req); err != nil {
+		return nil, err
+	}
+	h, ok := d.handlers[int32(req.Type)]
+	if !ok {
+		return nil, fmt.Errorf("%w: unsupported message type %s", errBadRequest, req.Type)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	defer cancel()
+	resp, err := h(ctx, from, req)
+	if err != nil {
+		return nil, err
+	}
+	if resp != nil {
+		d.trimResponse(resp)
+	}
+	return resp, nil
 }
 
 func (d *DHT) handlePing(_ context.Context, _ peer.ID, req *pb.Message) (*pb.Message, error) {

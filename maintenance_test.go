@@ -76,14 +76,19 @@ func TestDeadPeerReplacedByCandidate(t *testing.T) {
 	tn := newTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false))
 	a := tn.nodes[0]
 	var dead, candidate peer.ID
-	a.rt.withTable(func(tb *kbucket.Table) {
-		for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
-			if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
-				dead, _ = tb.Oldest(cpl)
-				candidate = reps[len(reps)-1]
-				return
+	// Admission checks run in the background: wait for a full bucket with
+	// a candidate waiting in its cache.
+	waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
+		a.rt.withTable(func(tb *kbucket.Table) {
+			for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
+				if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
+					dead, _ = tb.Oldest(cpl)
+					candidate = reps[len(reps)-1]
+					return
+				}
 			}
-		}
+		})
+		return dead != ""
 	})
 	require.NotEmpty(t, dead, "a full bucket with a waiting candidate")
 	// The bucket's peer dies abruptly.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrInvalidOption is wrapped by every error New returns for a bad option,
@@ -72,7 +74,11 @@ type config struct {
 	randomWalk      bool
 	onPeerAdded     func(peer.ID)
 	onPeerRemoved   func(peer.ID)
+	meterProvider   metric.MeterProvider
+	diversity       *diversityLimits
+	tracerProvider  trace.TracerProvider
 	ext             extConfig
+	limits          limitsConfig
 }
 
 func defaults() config {
@@ -90,6 +96,7 @@ func defaults() config {
 		maxAddrsPerPeer: 16,
 		randomWalk:      true,
 		ext:             defaultExt(),
+		limits:          defaultLimitsConfig(),
 	}
 }
 
@@ -142,6 +149,7 @@ func (c *config) validate() error {
 		bad("max addresses per peer %d < 1", c.maxAddrsPerPeer)
 	}
 	errs = append(errs, c.ext.validate(c)...)
+	errs = append(errs, c.limits.validate()...)
 	return errors.Join(errs...)
 }
 

@@ -1,15 +1,415 @@
 package kad
 
-// providersConfig holds the providers side's settings.
-type providersConfig struct{}
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
 
-func defaultProvidersConfig() providersConfig { return providersConfig{} }
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
+	ma "github.com/multiformats/go-multiaddr"
 
-func (p *providersConfig) validate(c *config) []error { return nil }
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
+	"github.com/kadlib/kad/internal/providers"
+)
+
+// With the core's peer routing and the values side, providers complete
+// go-libp2p's content routing interface.
+var _ routing.Routing = (*DHT)(nil)
+
+// ErrProvidersDisabled is returned by Provide and FindProviders on a DHT
+// built with DisableProviders.
+var ErrProvidersDisabled = errors.New("kad: providers disabled")
+
+// ErrNoPeerReached is returned by Provide when the announcement reached no
+// peer at all: the record is stored locally only.
+var ErrNoPeerReached = errors.New("kad: provide reached no peer")
+
+// ErrInvalidCID is returned for an undefined CID, or one whose multihash
+// is longer than peers accept as a provider key.
+var ErrInvalidCID = errors.New("kad: invalid CID")
+
+const (
+	// maxProviderKeyLen is the longest provider key peers accept (go and
+	// js reject longer ones): the multihash of the CID.
+	maxProviderKeyLen = 80
+	// providerSweepInterval is how often the built-in store is swept of
+	// expired records, as go-libp2p-kad-dht does.
+	providerSweepInterval = time.Hour
+	// providerSweepBudget bounds the records one sweep step examines, so a
+	// sweep never holds the store's lock for long.
+	providerSweepBudget = 1024
+	// providerCacheKeys is the size of the built-in store's hot-key cache.
+	providerCacheKeys = 256
+	// maxProvidersDecoded bounds the providers taken from one response.
+	maxProvidersDecoded = 1000
+)
 
 // providersState is the providers side's runtime state.
-type providersState struct{}
+type providersState struct {
+	store   ProviderRecordStore // nil when disabled
+	builtin *providers.Store    // nil for a custom store
+}
 
-func (d *DHT) initProviders() error  { return nil }
-func (d *DHT) startProviders()       {}
+// builtinProviders adapts the pure store to ProviderRecordStore, reading
+// the clock the store does not.
+type builtinProviders struct{ s *providers.Store }
+
+func (b builtinProviders) AddProvider(ctx context.Context, key []byte, prov peer.AddrInfo) error {
+	return b.s.Add(ctx, key, prov.ID, prov.Addrs, time.Now())
+}
+
+func (b builtinProviders) GetProviders(ctx context.Context, key []byte) ([]peer.AddrInfo, error) {
+	return b.s.Get(ctx, key, time.Now(), 0)
+}
+
+func (d *DHT) initProviders() error {
+	pc := d.cfg.ext.providers
+	if pc.disabled {
+		return nil
+	}
+	if pc.store != nil {
+		d.ext.providers.store = pc.store
+	} else {
+		s, err := providers.New(d.ext.ds, providers.Config{
+			Validity: pc.validity, AddrTTL: pc.addrTTL, MaxPerKey: pc.maxPerKey, CacheKeys: providerCacheKeys,
+		})
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
+		}
+		d.ext.providers.builtin = s
+		d.ext.providers.store = builtinProviders{s}
+	}
+	d.handlers[int32(pb.AddProvider)] = d.handleAddProvider
+	d.handlers[int32(pb.GetProviders)] = d.handleGetProviders
+	return nil
+}
+
+// startProviders starts the expiry sweep of the built-in store.
+func (d *DHT) startProviders() {
+	if d.ext.providers.builtin == nil {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		t := time.NewTicker(providerSweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-t.C:
+				d.sweepProviders()
+			}
+		}
+	}()
+}
+
+// sweepProviders runs one full pass over the built-in store, in bounded
+// steps that each release its lock.
+func (d *DHT) sweepProviders() {
+	removed := 0
+	for d.ctx.Err() == nil {
+		st, err := d.ext.providers.builtin.Sweep(d.ctx, time.Now(), providerSweepBudget)
+		if err != nil {
+			d.log.Warn("provider sweep failed", "err", err)
+			return
+		}
+		removed += st.Removed
+		if st.Done {
+			break
+		}
+	}
+	d.log.Debug("provider sweep", "removed", removed)
+}
+
 func (d *DHT) closeProviders() error { return nil }
+
+// providerKey is the wire key of c: its multihash, so CIDv0 and CIDv1 of
+// the same content are one key.
+func providerKey(c cid.Cid) ([]byte, error) {
+	if !c.Defined() {
+		return nil, fmt.Errorf("%w: undefined", ErrInvalidCID)
+	}
+	mh := c.Hash()
+	if len(mh) == 0 || len(mh) > maxProviderKeyLen {
+		return nil, fmt.Errorf("%w: multihash of %d bytes (at most %d)", ErrInvalidCID, len(mh), maxProviderKeyLen)
+	}
+	return []byte(mh), nil
+}
+
+func checkProviderKey(key []byte) error {
+	if len(key) == 0 || len(key) > maxProviderKeyLen {
+		return fmt.Errorf("%w: provider key of %d bytes", errBadRequest, len(key))
+	}
+	return nil
+}
+
+// Provide announces that this node has the content of c. The record is
+// stored locally first; with announce it is also sent (ADD_PROVIDER) to
+// the k peers closest to c's multihash. Sends start as soon as the lookup
+// has found peers that are very likely among the closest, and Provide
+// returns once half of k have been sent to; the rest of the
+// lookup and the sends to the final k closest finish in the background,
+// owned by the DHT. It fails with ErrNoPeerReached if no peer could be
+// reached.
+func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	store := d.ext.providers.store
+	if store == nil {
+		return ErrProvidersDisabled
+	}
+	key, err := providerKey(c)
+	if err != nil {
+		return fmt.Errorf("kad: provide: %w", err)
+	}
+	addrs := d.h.Addrs()
+	if err := store.AddProvider(ctx, key, peer.AddrInfo{ID: d.self, Addrs: addrs}); err != nil {
+		if !errors.Is(err, providers.ErrKeyFull) {
+			return fmt.Errorf("kad: provide %s: store locally: %w", c, err)
+		}
+		// A key crowded with other providers is no reason not to announce.
+		d.log.Debug("local provider store full for key", "cid", c)
+	}
+	if !announce {
+		return nil
+	}
+	if len(addrs) == 0 {
+		return fmt.Errorf("kad: provide %s: the host has no addresses to announce", c)
+	}
+	if err := d.announce(ctx, key, addrs); err != nil {
+		return fmt.Errorf("kad: provide %s: %w", c, err)
+	}
+	return nil
+}
+
+// FindProviders returns up to count providers of c (count 0: all that the
+// lookup finds), local ones first. It ends the lookup as soon as count are
+// found. An error is returned only when nothing was found.
+func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) ([]peer.AddrInfo, error) {
+	key, err := d.checkFind(c, count)
+	if err != nil {
+		return nil, fmt.Errorf("kad: find providers: %w", err)
+	}
+	var out []peer.AddrInfo
+	err = d.findProviders(ctx, key, count, func(_ context.Context, ai peer.AddrInfo) bool {
+		out = append(out, ai)
+		return true
+	})
+	if err != nil && len(out) == 0 {
+		return nil, fmt.Errorf("kad: find providers %s: %w", c, err)
+	}
+	return out, nil
+}
+
+// FindProvidersAsync streams the providers of c as they are found, local
+// ones first, each peer once. The channel closes when count have been
+// sent (count 0: no limit), when the lookup ends, or when ctx is done or
+// the DHT closes; on any error it closes without sending. The caller need
+// not drain it: the search stops with ctx.
+func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-chan peer.AddrInfo {
+	out := make(chan peer.AddrInfo)
+	key, err := d.checkFind(c, count)
+	if err != nil {
+		d.log.Debug("find providers", "cid", c, "err", err)
+		close(out)
+		return out
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stopLife := context.AfterFunc(d.ctx, cancel)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(out)
+		defer cancel()
+		defer stopLife()
+		err := d.findProviders(ctx, key, count, func(ctx context.Context, ai peer.AddrInfo) bool {
+			select {
+			case out <- ai:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+		if err != nil {
+			d.log.Debug("find providers", "cid", c, "err", err)
+		}
+	}()
+	return out
+}
+
+func (d *DHT) checkFind(c cid.Cid, count int) ([]byte, error) {
+	if d.closed.Load() {
+		return nil, ErrClosed
+	}
+	if d.ext.providers.store == nil {
+		return nil, ErrProvidersDisabled
+	}
+	if count < 0 {
+		return nil, fmt.Errorf("negative count %d", count)
+	}
+	return providerKey(c)
+}
+
+// findProviders offers each provider of key, once, to emit: first those
+// in the local store, then those the peers on the way to key's closest
+// peers list. It stops when count were accepted (count 0: never), when
+// emit refuses one, when the lookup ends, or with ctx. emit is never
+// called concurrently nor after findProviders returns.
+func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit func(context.Context, peer.AddrInfo) bool) error {
+	var (
+		mu       sync.Mutex
+		seen     = make(map[peer.ID]bool)
+		sent     int
+		finished bool // no more emits: count reached, refused, or returned
+	)
+	// offer emits ai unless it was seen, and reports whether to go on.
+	offer := func(ctx context.Context, ai peer.AddrInfo) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if finished || ctx.Err() != nil {
+			return false
+		}
+		if seen[ai.ID] {
+			return true
+		}
+		seen[ai.ID] = true
+		if len(ai.Addrs) == 0 {
+			ai.Addrs = d.h.Peerstore().Addrs(ai.ID)
+		}
+		if !emit(ctx, ai) {
+			finished = true
+			return false
+		}
+		sent++
+		if count > 0 && sent >= count {
+			finished = true
+		}
+		return !finished
+	}
+	defer func() {
+		mu.Lock()
+		finished = true
+		mu.Unlock()
+	}()
+
+	local, err := d.ext.providers.store.GetProviders(ctx, key)
+	if err != nil {
+		d.log.Warn("read local providers", "err", err)
+	}
+	for _, ai := range local {
+		if ai.ID == d.self {
+			ai.Addrs = d.h.Addrs()
+		}
+		if !offer(ctx, ai) {
+			return nil
+		}
+	}
+
+	_, err = d.runLookup(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		resp, err := d.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
+		if err != nil {
+			return nil, false, err
+		}
+		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.bucketSize)
+		d.learnAddrs(closer)
+		provs := decodePeers(resp.ProviderPeers, "", maxProvidersDecoded)
+		d.learnAddrs(provs)
+		for _, ai := range provs {
+			if ai.ID == d.self {
+				ai.Addrs = d.h.Addrs()
+			}
+			if !offer(ctx, ai) {
+				return closer, true, nil
+			}
+		}
+		return closer, false, nil
+	})
+	return err
+}
+
+// handleAddProvider stores the entries of an ADD_PROVIDER that announce
+// the sender itself with at least one address; others are ignored, since
+// nothing proves a third party provides anything. A request with nothing
+// to store is rejected, as go-libp2p-kad-dht does. No answer is sent.
+func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	if err := checkProviderKey(req.Key); err != nil {
+		return nil, err
+	}
+	key := bytes.Clone(req.Key)
+	stored := 0
+	for _, e := range req.ProviderPeers {
+		id, err := peer.IDFromBytes(e.ID)
+		if err != nil || id != from {
+			d.log.Debug("ADD_PROVIDER for another peer ignored", "from", from)
+			continue
+		}
+		addrs := make([]ma.Multiaddr, 0, min(len(e.Addrs), d.cfg.maxAddrsPerPeer))
+		for _, b := range e.Addrs {
+			if len(addrs) == d.cfg.maxAddrsPerPeer {
+				break
+			}
+			a, err := ma.NewMultiaddrBytes(bytes.Clone(b))
+			if err != nil {
+				continue
+			}
+			// js peers announce "<addr>/p2p/<id>": keep "<addr>", as the
+			// peerstore does, so AddrInfos we serve and return carry no
+			// /p2p/ suffix; an address naming another peer is dropped.
+			if a, id := peer.SplitAddr(a); a != nil && (id == "" || id == from) {
+				addrs = append(addrs, a)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		d.h.Peerstore().AddAddrs(from, addrs, d.cfg.ext.providers.addrTTL)
+		if err := d.ext.providers.store.AddProvider(ctx, key, peer.AddrInfo{ID: from, Addrs: addrs}); err != nil {
+			d.log.Debug("provider not stored", "from", from, "err", err)
+			continue
+		}
+		stored++
+	}
+	if stored == 0 {
+		return nil, fmt.Errorf("%w: ADD_PROVIDER with no valid provider", errBadRequest)
+	}
+	return nil, nil
+}
+
+// handleGetProviders answers with the providers of the key, the most
+// recently announced first and at most k of them (responses stay small
+// for peers with strict message limits, and each of the k closest peers
+// answers a finder), plus the k closest peers we know.
+func (d *DHT) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	if err := checkProviderKey(req.Key); err != nil {
+		return nil, err
+	}
+	resp := &pb.Message{Type: pb.GetProviders, Key: req.Key, ClusterLevelRaw: req.ClusterLevelRaw}
+	provs, err := d.ext.providers.store.GetProviders(ctx, bytes.Clone(req.Key))
+	if err != nil {
+		d.log.Warn("read providers", "err", err)
+	}
+	for _, ai := range provs {
+		if len(resp.ProviderPeers) == d.cfg.bucketSize {
+			break
+		}
+		addrs := ai.Addrs
+		switch {
+		case ai.ID == d.self:
+			addrs = d.h.Addrs()
+		case len(addrs) == 0:
+			addrs = d.h.Peerstore().Addrs(ai.ID)
+		}
+		resp.ProviderPeers = append(resp.ProviderPeers, d.encodePeer(ai.ID, addrs))
+	}
+	resp.CloserPeers = d.closerPeers(req.Key, from)
+	return resp, nil
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/lookup"
@@ -74,6 +75,16 @@ type queryReply struct {
 // when the lookup ends, fn stops it, or ctx is done; requests still in
 // flight are cancelled and finish in the background, owned by the DHT.
 func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*lookupResult, error) {
+	return d.runLookupWith(ctx, target, fn, nil)
+}
+
+// lookupHook is shown the lookup after each answer or failure, on the
+// driver goroutine, so a caller can act before the lookup ends (optimistic
+// provide). It must not block, must not keep l, and may only read it.
+type lookupHook func(l *lookup.Lookup)
+
+// runLookupWith is runLookup with an optional progress hook.
+func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc, hook lookupHook) (*lookupResult, error) {
 	if d.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -99,6 +110,7 @@ func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*
 		res.stats = st
 		d.stats.lookupRequests.Add(int64(st.Requests))
 		d.stats.lookupHops.Add(int64(st.Hops))
+		d.observeLookup(st.Hops, st.Requests)
 	}()
 	for {
 		send, done := l.Next()
@@ -132,6 +144,9 @@ func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*
 					d.stats.outboundFailed.Add(1)
 					d.noteFailure(r.p, r.err)
 				}
+				if hook != nil {
+					hook(l)
+				}
 				continue
 			}
 			d.admit(r.p)
@@ -140,6 +155,9 @@ func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*
 				ids = append(ids, ai.ID)
 			}
 			l.OnSuccess(r.p, ids)
+			if hook != nil {
+				hook(l)
+			}
 			if r.stop {
 				res.stopped = true
 				res.closest = l.Result()
@@ -174,15 +192,25 @@ func (d *DHT) learnAddrs(peers []peer.AddrInfo) {
 }
 
 // request sends req to p and records the outcome.
-func (d *DHT) request(ctx context.Context, p peer.ID, req *pb.Message) (*pb.Message, error) {
-	resp, err := d.sender.request(ctx, p, req)
+func (d *DHT) request(ctx context.Context, p peer.ID, req *pb.Message) (resp *pb.Message, err error) {
+	start := time.Now()
+	defer func() { d.observeOutbound(req.Type, start, err) }()
+	resp, err = d.sender.request(ctx, p, req)
 	if err != nil {
 		return nil, err
 	}
 	if resp.Type != req.Type {
 		return nil, fmt.Errorf("kad: %s answered %s with %s", p, req.Type, resp.Type)
 	}
+	d.trimInbound(resp)
 	return resp, nil
+}
+
+// send sends a one-way message (ADD_PROVIDER) to p and records it.
+func (d *DHT) send(ctx context.Context, p peer.ID, msg *pb.Message) (err error) {
+	start := time.Now()
+	defer func() { d.observeOutbound(msg.Type, start, err) }()
+	return d.sender.send(ctx, p, msg)
 }
 
 // findNode asks p for the peers closest to key.
@@ -199,7 +227,9 @@ func (d *DHT) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrI
 // GetClosestPeers returns the k peers closest to key (by sha2-256 of the
 // key bytes) that answered, closest first. For a peer's own position use
 // string(peerID) as the key.
-func (d *DHT) GetClosestPeers(ctx context.Context, key string) ([]peer.ID, error) {
+func (d *DHT) GetClosestPeers(ctx context.Context, key string) (_ []peer.ID, err error) {
+	ctx, span := d.startSpan(ctx, "GetClosestPeers")
+	defer func() { endSpan(span, err) }()
 	if key == "" {
 		return nil, fmt.Errorf("kad: get closest peers: empty key")
 	}
@@ -217,7 +247,9 @@ func (d *DHT) GetClosestPeers(ctx context.Context, key string) ([]peer.ID, error
 
 // FindPeer finds the addresses of peer id: from a live connection if there
 // is one, otherwise by a lookup that ends as soon as a peer tells us them.
-func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (peer.AddrInfo, error) {
+func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err error) {
+	ctx, span := d.startSpan(ctx, "FindPeer", attribute.String("peer", id.String()))
+	defer func() { endSpan(span, err) }()
 	if err := id.Validate(); err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer: %w", err)
 	}

@@ -19,6 +19,10 @@ type RoutingTable struct {
 	// onChange is called, outside the lock, for each peer added (true) or
 	// removed (false).
 	onChange func(p peer.ID, added bool)
+	// div limits peers per IP group; nil when off. groupOf finds a peer's
+	// group (from its addresses) for candidates the table promotes.
+	div     *diversity
+	groupOf func(p peer.ID) string
 }
 
 func newRoutingTable(self peer.ID, k int) *RoutingTable {
@@ -61,9 +65,26 @@ func (rt *RoutingTable) Find(p peer.ID) bool {
 
 // add admits a peer known to be a live DHT server.
 func (rt *RoutingTable) add(p peer.ID, now time.Time) kbucket.Outcome {
+	g := ""
+	if rt.div != nil && rt.groupOf != nil {
+		g = rt.groupOf(p)
+	}
 	rt.mu.Lock()
 	delete(rt.failures, p)
-	out := rt.t.Add(p, now)
+	var out kbucket.Outcome
+	if rt.div != nil && !rt.t.Find(p) {
+		cpl := rt.t.BucketFor(kbucket.PeerKey(p))
+		if !rt.div.allows(g, cpl) {
+			rt.mu.Unlock()
+			return kbucket.Rejected
+		}
+		out = rt.t.Add(p, now)
+		if out == kbucket.Added {
+			rt.div.added(p, g, cpl)
+		}
+	} else {
+		out = rt.t.Add(p, now)
+	}
 	cb := rt.onChange
 	rt.mu.Unlock()
 	if out == kbucket.Added && cb != nil {
@@ -88,6 +109,24 @@ func (rt *RoutingTable) remove(p peer.ID) {
 	had := rt.t.Find(p)
 	delete(rt.failures, p)
 	promoted, ok := rt.t.Remove(p)
+	if rt.div != nil {
+		cpl := rt.t.BucketFor(kbucket.PeerKey(p))
+		if had {
+			rt.div.removed(p, cpl)
+		}
+		if ok {
+			// A promoted candidate is counted even past the limit: it
+			// was admitted to the cache before, and an empty slot is
+			// worse than a crowded group.
+			g := ""
+			if rt.groupOf != nil {
+				rt.mu.Unlock()
+				g = rt.groupOf(promoted)
+				rt.mu.Lock()
+			}
+			rt.div.added(promoted, g, cpl)
+		}
+	}
 	cb := rt.onChange
 	rt.mu.Unlock()
 	if cb == nil {

@@ -23,7 +23,7 @@ var ErrNoResponse = errors.New("kad: peer sent no response")
 // maxIdleStreams is how many idle outbound streams are kept per peer. A
 // few let concurrent lookups reuse streams without queueing behind each
 // other; more would pin a handler goroutine on the remote for nothing.
-const maxIdleStreams = 2
+const maxIdleStreams = 1
 
 // outStream is an outbound stream with its reader, reusable for several
 // request/response exchanges.
@@ -90,6 +90,32 @@ func (s *sender) dropPeer(p peer.ID) {
 	s.mu.Unlock()
 	for _, os := range list {
 		_ = os.s.Reset()
+	}
+}
+
+// sweep closes idle streams that have waited longer than the idle TTL:
+// each pins goroutines here and on the remote.
+func (s *sender) sweep(now time.Time) {
+	var old []*outStream
+	s.mu.Lock()
+	for p, list := range s.idle {
+		kept := list[:0]
+		for _, os := range list {
+			if now.Sub(os.at) >= s.idleTTL {
+				old = append(old, os)
+			} else {
+				kept = append(kept, os)
+			}
+		}
+		if len(kept) == 0 {
+			delete(s.idle, p)
+		} else {
+			s.idle[p] = kept
+		}
+	}
+	s.mu.Unlock()
+	for _, os := range old {
+		_ = os.s.Close()
 	}
 }
 

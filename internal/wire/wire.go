@@ -22,6 +22,11 @@ var ErrTooLarge = errors.New("wire: message too large")
 
 // Reader reads length-prefixed messages from one stream.
 type Reader struct {
+	// Reserve, when set, is asked for n more bytes before the read buffer
+	// grows by n; an error fails the read before anything is allocated.
+	// It lets the caller charge the buffer to a resource manager scope.
+	Reserve func(n int) error
+
 	br  *bufio.Reader
 	max int
 	buf []byte
@@ -50,6 +55,11 @@ func (r *Reader) ReadMsg(m *pb.Message) error {
 		return fmt.Errorf("%w: %d > %d bytes", ErrTooLarge, n, r.max)
 	}
 	if cap(r.buf) < int(n) {
+		if r.Reserve != nil {
+			if err := r.Reserve(int(n) - cap(r.buf)); err != nil {
+				return fmt.Errorf("wire: reserve %d bytes: %w", int(n)-cap(r.buf), err)
+			}
+		}
 		r.buf = make([]byte, n)
 	}
 	buf := r.buf[:n]

@@ -16,7 +16,8 @@
 // on "stop", or on SIGINT/SIGTERM.
 //
 // Set KAD_JSPEER_LISTEN to listen on another multiaddr than
-// /ip4/127.0.0.1/tcp/0.
+// /ip4/127.0.0.1/tcp/0, and KAD_JSPEER_QUIET=1 to keep the DHT from
+// starting lookups by itself.
 
 import './polyfill.mjs'
 import { createInterface } from 'node:readline'
@@ -119,6 +120,15 @@ const selectors = {
   }
 }
 
+// KAD_JSPEER_QUIET=1 stops the lookups the DHT starts by itself: the self
+// lookup a second after start (and every 5 minutes) and the table refresh
+// it holds back. They would reach, through the first peer, whatever peer
+// joins next, at a moment no test chooses. Lookups then no longer wait
+// for a first routing-table peer either: with none they end at once.
+const quietOptions = process.env.KAD_JSPEER_QUIET === '1'
+  ? { initialQuerySelfInterval: 2 ** 31 - 1, querySelfInterval: 2 ** 31 - 1, allowQueryWithZeroPeers: true }
+  : {}
+
 let node
 try {
   node = await createLibp2p({
@@ -144,7 +154,8 @@ try {
         // keep every local test peer out of the routing table.
         peerInfoMapper: passthroughMapper,
         validators,
-        selectors
+        selectors,
+        ...quietOptions
       })
     }
   })
@@ -270,6 +281,23 @@ const commands = {
     }
   },
 
+  // getLocal reads the node's own record store only, with no lookup: it is
+  // how a test proves a peer stored a record (a PUT_VALUE echo does not:
+  // this kad-dht echoes records it refused).
+  async getLocal (args, signal) {
+    let rec
+    try {
+      rec = await dht.contentFetching.getLocal(keyBytes(args), { signal })
+    } catch (err) {
+      if (err?.name === 'NotFoundError') throw notFound()
+      throw err
+    }
+    return {
+      value: utf8Decoder.decode(rec.value),
+      valueBase64: Buffer.from(rec.value).toString('base64')
+    }
+  },
+
   async provide (args, signal) {
     const cid = argCID(args)
     const sent = new Set()
@@ -292,7 +320,9 @@ const commands = {
       if (ev.name !== 'PROVIDER') continue
       for (const p of ev.providers) {
         const id = p.id.toString()
-        if (!seen.has(id)) seen.set(id, peerInfoJSON(p))
+        // from: the peer whose answer listed it first (ourselves for our
+        // own records), so a test can tell which node served a record.
+        if (!seen.has(id)) seen.set(id, { ...peerInfoJSON(p), from: ev.from.toString() })
         if (seen.size >= count) break outer
       }
     }

@@ -93,15 +93,45 @@ func (p *Peer) Put(ctx context.Context, key string, value []byte) error {
 // included), after it has sent corrections to peers holding worse ones.
 // A key nobody has gives an error matching ErrNotFound.
 func (p *Peer) Get(ctx context.Context, key string) ([]byte, error) {
+	v, _, err := p.GetFrom(ctx, key)
+	return v, err
+}
+
+// GetFrom is Get that also says which peer the value came from (the js
+// node itself for its own copy): of equal values, the first received.
+func (p *Peer) GetFrom(ctx context.Context, key string) ([]byte, peer.ID, error) {
+	var res struct {
+		ValueBase64 string `json:"valueBase64"`
+		From        string `json:"from"`
+	}
+	if err := p.Call(ctx, "get", keyArgs(key), &res); err != nil {
+		return nil, "", err
+	}
+	v, err := base64.StdEncoding.DecodeString(res.ValueBase64)
+	if err != nil {
+		return nil, "", fmt.Errorf("jspeer get: bad value: %w", err)
+	}
+	from, err := peer.Decode(res.From)
+	if err != nil {
+		return nil, "", fmt.Errorf("jspeer get: bad from %q: %w", res.From, err)
+	}
+	return v, from, nil
+}
+
+// GetLocal returns the record the js node itself stores under key, without
+// a lookup: proof that a PUT_VALUE was kept, which the echo is not
+// (kad-dht 15 echoes records it refused). No record gives an error
+// matching ErrNotFound.
+func (p *Peer) GetLocal(ctx context.Context, key string) ([]byte, error) {
 	var res struct {
 		ValueBase64 string `json:"valueBase64"`
 	}
-	if err := p.Call(ctx, "get", keyArgs(key), &res); err != nil {
+	if err := p.Call(ctx, "getLocal", keyArgs(key), &res); err != nil {
 		return nil, err
 	}
 	v, err := base64.StdEncoding.DecodeString(res.ValueBase64)
 	if err != nil {
-		return nil, fmt.Errorf("jspeer get: bad value: %w", err)
+		return nil, fmt.Errorf("jspeer getLocal: bad value: %w", err)
 	}
 	return v, nil
 }
@@ -164,25 +194,54 @@ func (pj peerJSON) addrInfo() (peer.AddrInfo, error) {
 // count > 0 (else when the lookup ends). The js node lists its own provider
 // records first.
 func (p *Peer) FindProviders(ctx context.Context, c cid.Cid, count int) ([]peer.AddrInfo, error) {
+	found, err := p.FindProvidersFrom(ctx, c, count)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]peer.AddrInfo, len(found))
+	for i, f := range found {
+		infos[i] = f.AddrInfo
+	}
+	return infos, nil
+}
+
+// FoundProvider is a provider a lookup found, with the peer that served it.
+type FoundProvider struct {
+	peer.AddrInfo
+	// From is the peer whose GET_PROVIDERS answer listed the provider
+	// first; the js node itself for its own records.
+	From peer.ID
+}
+
+// FindProvidersFrom is FindProviders that also says which peer served each
+// provider, so a test can check a record came through a given node.
+func (p *Peer) FindProvidersFrom(ctx context.Context, c cid.Cid, count int) ([]FoundProvider, error) {
 	args := map[string]any{"cid": c.String()}
 	if count > 0 {
 		args["count"] = count
 	}
 	var res struct {
-		Providers []peerJSON `json:"providers"`
+		Providers []struct {
+			peerJSON
+			From string `json:"from"`
+		} `json:"providers"`
 	}
 	if err := p.Call(ctx, "findProviders", args, &res); err != nil {
 		return nil, err
 	}
-	infos := make([]peer.AddrInfo, 0, len(res.Providers))
+	out := make([]FoundProvider, 0, len(res.Providers))
 	for _, pj := range res.Providers {
 		info, err := pj.addrInfo()
 		if err != nil {
 			return nil, fmt.Errorf("jspeer findProviders: %w", err)
 		}
-		infos = append(infos, info)
+		from, err := peer.Decode(pj.From)
+		if err != nil {
+			return nil, fmt.Errorf("jspeer findProviders: bad from %q: %w", pj.From, err)
+		}
+		out = append(out, FoundProvider{AddrInfo: info, From: from})
 	}
-	return infos, nil
+	return out, nil
 }
 
 // FindPeer looks id up through the DHT. Like js's own findPeer it first

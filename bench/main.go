@@ -1,0 +1,255 @@
+// Command bench measures kad against go-libp2p-kad-dht v0.42.2 on the same
+// simulated networks in one process, and runs kad's routing code over an
+// in-memory network of up to 100,000 nodes. See README.md.
+//
+//	go run . -impl kad,go-kad-dht -n 300 -latency 20ms -ops 100 -seed 1
+//	go run . -impl kad,go-kad-dht -n 300 -latency random -ops 100 -seed 1
+//	go run . -impl "" -sim 10000,100000
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command line.
+type options struct {
+	impls   []Impl
+	p       Params
+	out     string
+	tag     string
+	sims    []int
+	simOps  int
+	quiet   bool
+	replot  string
+	merge   bool
+	written []string // files written, for the smoke test
+}
+
+func parse(args []string) (*options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	impl := fs.String("impl", "kad,go-kad-dht", "implementations to run, comma-separated: kad, go-kad-dht; empty for none")
+	n := fs.Int("n", 100, "nodes in the mocknet")
+	lat := fs.String("latency", "20ms", `one-way latency of every link, or "random" for 5-100 ms per link from the seed`)
+	ops := fs.Int("ops", 100, "operations per phase")
+	par := fs.Int("par", 4, "operations in flight at once (never two on one node)")
+	churn := fs.Float64("churn", 0.3, "fraction of nodes stopped abruptly before the churn phases; 0 to skip")
+	seed := fs.Uint64("seed", 1, "seed of identities, latencies, joins and operations")
+	refresh := fs.Duration("refresh", time.Hour, "periodic routing table refresh interval for both implementations (0: their default, 10 min); setup refreshes explicitly, and a longer period keeps background upkeep out of the measured phases")
+	opTime := fs.Duration("op-timeout", time.Minute, "deadline of one operation")
+	out := fs.String("out", "results", "directory for the .md, .json, .svg and .png files")
+	tag := fs.String("tag", "", "base name of the output files (default from the parameters)")
+	sims := fs.String("sim", "", "comma-separated network sizes for kad's in-memory simulator (e.g. 10000,100000)")
+	simOps := fs.Int("sim-lookups", 500, "lookups measured per phase in the simulator")
+	quiet := fs.Bool("q", false, "log only warnings")
+	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
+	replot := fs.String("replot", "", "rewrite the .md and charts of a saved .json report instead of running")
+	memProfile := fs.String("memprofile", "", "write a heap profile after each setup to <prefix>-<impl>.pprof")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	o := &options{out: *out, tag: *tag, simOps: *simOps, quiet: *quiet, replot: *replot, merge: *merge}
+	for _, name := range strings.Split(*impl, ",") {
+		switch strings.TrimSpace(name) {
+		case "":
+		case kadImpl.Name:
+			o.impls = append(o.impls, kadImpl)
+		case goImpl.Name, "go", "go-libp2p-kad-dht":
+			o.impls = append(o.impls, goImpl)
+		default:
+			return nil, fmt.Errorf("unknown implementation %q", name)
+		}
+	}
+	l := Latency{Seed: *seed}
+	if *lat == "random" {
+		l.Min, l.Max = 5*time.Millisecond, 100*time.Millisecond
+	} else {
+		d, err := time.ParseDuration(*lat)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("bad -latency %q", *lat)
+		}
+		l.Min, l.Max = d, d
+	}
+	for _, s := range strings.Split(*sims, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 2 {
+			return nil, fmt.Errorf("bad -sim size %q", s)
+		}
+		o.sims = append(o.sims, v)
+	}
+	if *n < 2 || *ops < 1 || *churn < 0 || *churn >= 1 {
+		return nil, fmt.Errorf("need -n >= 2, -ops >= 1, 0 <= -churn < 1")
+	}
+	level := slog.LevelInfo
+	if *quiet {
+		level = slog.LevelWarn
+	}
+	o.p = Params{N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh,
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+	if o.tag == "" {
+		ln := "lat" + *lat
+		o.tag = fmt.Sprintf("n%d-%s-seed%d", *n, ln, *seed)
+	}
+	return o, nil
+}
+
+func run(args []string) error {
+	o, err := parse(args)
+	if err != nil {
+		return err
+	}
+	return o.run()
+}
+
+func (o *options) run() error {
+	if o.replot != "" {
+		return replot(o.replot)
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	if len(o.impls) > 0 {
+		if err := o.compare(); err != nil {
+			return err
+		}
+	}
+	if len(o.sims) > 0 {
+		return o.simulate()
+	}
+	return nil
+}
+
+// mergeFrom loads the results of a previous run with the same parameters.
+func (r *Report) mergeFrom(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var old Report
+	if err := json.Unmarshal(data, &old); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if old.Params != r.Params {
+		return fmt.Errorf("-merge: %s was run with other parameters (%+v)", path, old.Params)
+	}
+	r.Results = old.Results
+	r.LoadAvg[0] = old.LoadAvg[0]
+	return nil
+}
+
+// put adds or replaces an implementation's results, keeping kad first.
+func (r *Report) put(res *ImplResult) {
+	for i, x := range r.Results {
+		if x.Impl == res.Impl {
+			r.Results[i] = res
+			return
+		}
+	}
+	r.Results = append(r.Results, res)
+	slices.SortStableFunc(r.Results, func(a, b *ImplResult) int {
+		return strings.Compare(orderOf(a.Impl), orderOf(b.Impl))
+	})
+}
+
+func orderOf(impl string) string {
+	if impl == kadImpl.Name {
+		return "0"
+	}
+	return "1" + impl
+}
+
+// write saves the table, the JSON and the charts under base.
+func (r *Report) write(base string) (string, error) {
+	md := r.markdown()
+	if err := os.WriteFile(base+".md", []byte(md), 0o644); err != nil {
+		return "", err
+	}
+	if err := writeJSON(base+".json", r); err != nil {
+		return "", err
+	}
+	return md, r.charts(base + "-latency")
+}
+
+// replot rewrites the table and charts of a saved report.
+func replot(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	rep := new(Report)
+	if err := json.Unmarshal(data, rep); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	md, err := rep.write(strings.TrimSuffix(path, ".json"))
+	fmt.Print(md)
+	return err
+}
+
+// compare runs each implementation on the same network, one after the
+// other, and writes the table, the JSON and the charts.
+func (o *options) compare() error {
+	keys, err := identities(o.p.N, o.p.Seed)
+	if err != nil {
+		return err
+	}
+	pl := makePlan(o.p)
+	rep := &Report{GoVersion: runtime.Version(), CPUs: runtime.NumCPU()}
+	rep.LoadAvg[0] = loadAvg()
+	rep.Params.N, rep.Params.Ops, rep.Params.Par = o.p.N, o.p.Ops, o.p.Par
+	rep.Params.Churn, rep.Params.Seed, rep.Params.Latency = o.p.Churn, o.p.Seed, o.p.Latency.String()
+	rep.Params.Refresh = "default (10m)"
+	if o.p.Refresh > 0 {
+		rep.Params.Refresh = o.p.Refresh.String()
+	}
+	base := filepath.Join(o.out, o.tag)
+	if o.merge {
+		if err := rep.mergeFrom(base + ".json"); err != nil {
+			return err
+		}
+	}
+	var md string
+	for _, impl := range o.impls {
+		res := runImpl(impl, o.p, keys, pl)
+		if res.Error != "" {
+			o.p.Log.Error("implementation failed", "impl", impl.Name, "err", res.Error)
+		}
+		rep.put(res)
+		// Written after each implementation, so a run cut short keeps
+		// what it measured.
+		rep.LoadAvg[1] = loadAvg()
+		if md, err = rep.write(base); err != nil {
+			return err
+		}
+	}
+	o.written = append(o.written, base+".md", base+".json", base+"-latency.svg", base+"-latency.png")
+	fmt.Print(md)
+	for _, res := range rep.Results {
+		if res.Error != "" {
+			return fmt.Errorf("%s: %s", res.Impl, res.Error)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestSmoke runs the whole benchmark at a tiny size, both implementations
+// and the simulator, and checks that it works: every phase ran and
+// succeeded, and every output file exists. It asserts nothing about speed.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two 20-node networks")
+	}
+	out := t.TempDir()
+	// Each implementation in its own call, the second merging into the
+	// first one's report.
+	args := []string{"-n", "20", "-ops", "5", "-q", "-out", out, "-tag", "smoke", "-latency", "random"}
+	if err := run(append(args, "-impl", "kad", "-sim", "200", "-sim-lookups", "20")); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(append(args, "-impl", "go-kad-dht", "-merge")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"smoke.md", "smoke.json", "smoke-latency.svg", "smoke-latency.png", "sim-latrandom-seed1.md", "sim-latrandom-seed1.json"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+	if err := run([]string{"-replot", filepath.Join(out, "smoke.json")}); err != nil {
+		t.Errorf("replot: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "smoke.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 2 {
+		t.Fatalf("got %d implementations, want 2", len(rep.Results))
+	}
+	for _, res := range rep.Results {
+		if res.Error != "" {
+			t.Errorf("%s: %s", res.Impl, res.Error)
+		}
+		if len(res.Phases) == 0 {
+			t.Errorf("%s: no phase ran", res.Impl)
+		}
+		for _, ph := range res.Phases {
+			if ph.Skipped != "" {
+				t.Logf("%s: %s skipped: %s", res.Impl, ph.Name, ph.Skipped)
+				continue
+			}
+			// Twenty nodes and five operations: everything must work.
+			if ph.Success < 1 {
+				t.Errorf("%s: %s succeeded %d of %d", res.Impl, ph.Name, ph.OK, ph.Ops)
+			}
+		}
+		if r := res.phase("GetClosestPeers").Extra["recall"]; r < 0.9 {
+			t.Errorf("%s: recall %.2f", res.Impl, r)
+		}
+	}
+}
+
+func TestParseRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-impl", "nope"},
+		{"-latency", "soon"},
+		{"-n", "1"},
+		{"-churn", "1"},
+		{"-sim", "1"},
+	} {
+		if _, err := parse(args); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestLatencyIsSymmetricAndInRange(t *testing.T) {
+	l := Latency{Min: 5e6, Max: 100e6, Seed: 3}
+	for a := range 30 {
+		for b := range 30 {
+			d := l.link(a, b)
+			if d != l.link(b, a) || d < l.Min || d > l.Max {
+				t.Fatalf("link(%d, %d) = %v", a, b, d)
+			}
+		}
+	}
+}

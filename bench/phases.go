@@ -1,0 +1,521 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	ic "github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mh "github.com/multiformats/go-multihash"
+)
+
+// Params are what both implementations are run with.
+type Params struct {
+	N       int
+	Ops     int
+	Par     int     // operations in flight at once
+	Churn   float64 // fraction of nodes stopped before the churn phases
+	Seed    uint64
+	Latency Latency
+	OpTime  time.Duration // deadline of one operation
+	// Refresh is the periodic table refresh interval given to both
+	// implementations (0: their default, 10 min).
+	Refresh time.Duration
+	Log     *slog.Logger
+	// MemProfile, if set, is the path prefix of a heap profile written
+	// after each implementation's setup ("<prefix>-<impl>.pprof").
+	MemProfile string
+}
+
+// OpStats summarises one phase: a kind of operation run Ops times.
+type OpStats struct {
+	Name    string  `json:"name"`
+	Ops     int     `json:"ops"`
+	OK      int     `json:"ok"`
+	Success float64 `json:"success"`
+	// Latencies of every operation, in ms, in plan order (for the charts);
+	// percentiles are over all operations, failed ones included.
+	LatencyMS []float64 `json:"latency_ms"`
+	P50MS     float64   `json:"p50_ms"`
+	P95MS     float64   `json:"p95_ms"`
+	// RPCs is the number of DHT messages all nodes received during the
+	// phase, per operation.
+	RPCs float64 `json:"rpcs_per_op"`
+	// CPUMS is the process CPU time (user + system) per operation.
+	CPUMS float64 `json:"cpu_ms_per_op"`
+	// Extra holds per-phase figures: recall, hops, dead peers returned,
+	// time to the first provider...
+	Extra map[string]float64 `json:"extra,omitempty"`
+	// FirstMS are times to the first provider (FindProviders phases).
+	FirstMS []float64 `json:"first_ms,omitempty"`
+	Skipped string    `json:"skipped,omitempty"`
+}
+
+// ImplResult is everything measured for one implementation.
+type ImplResult struct {
+	Impl         string  `json:"impl"`
+	N            int     `json:"n"`
+	SetupSeconds float64 `json:"setup_seconds"`
+	SetupCPUSec  float64 `json:"setup_cpu_seconds"`
+	// Heap and goroutines per node after setup, for the DHT (after minus
+	// the same hosts and links without DHTs) and for the whole node
+	// (mocknet host included).
+	HeapPerNodeMiB        float64    `json:"heap_per_node_mib"`
+	HeapPerNodeTotalMiB   float64    `json:"heap_per_node_total_mib"`
+	GoroutinesPerNode     float64    `json:"goroutines_per_node"`
+	GoroutinesTotalPerNod float64    `json:"goroutines_per_node_total"`
+	LoadAvg               [2]string  `json:"loadavg"` // before and after this implementation ran
+	Phases                []*OpStats `json:"phases"`
+	Error                 string     `json:"error,omitempty"`
+}
+
+func (r *ImplResult) phase(name string) *OpStats {
+	for _, p := range r.Phases {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// plan is the operations both implementations run: same origins, targets
+// and keys, drawn from the seed.
+type plan struct {
+	gcpFrom  []int
+	gcpKey   []string
+	fpFrom   []int
+	fpTarget []int
+	putFrom  []int
+	getFrom  []int
+	valKey   []string
+	value    [][]byte
+	provFrom []int
+	findFrom []int
+	cids     []cid.Cid
+	dead     []int
+	// after the churn, from live nodes only
+	cGcpFrom  []int
+	cGcpKey   []string
+	cGetFrom  []int
+	cFindFrom []int
+}
+
+func makePlan(p Params) *plan {
+	r := rand.New(rand.NewPCG(p.Seed, 0x0b5))
+	pl := &plan{}
+	other := func(x int) int {
+		for {
+			if y := r.IntN(p.N); y != x {
+				return y
+			}
+		}
+	}
+	for i := range p.Ops {
+		pl.gcpFrom = append(pl.gcpFrom, r.IntN(p.N))
+		pl.gcpKey = append(pl.gcpKey, fmt.Sprintf("gcp-%d-%d", p.Seed, i))
+		from := r.IntN(p.N)
+		pl.fpFrom = append(pl.fpFrom, from)
+		pl.fpTarget = append(pl.fpTarget, other(from))
+		from = r.IntN(p.N)
+		pl.putFrom = append(pl.putFrom, from)
+		pl.getFrom = append(pl.getFrom, other(from))
+		pl.valKey = append(pl.valKey, fmt.Sprintf("/%s/bench-%d-%d", valueNS, p.Seed, i))
+		v := make([]byte, 64)
+		for j := range v {
+			v[j] = byte(r.Uint32())
+		}
+		pl.value = append(pl.value, v)
+		from = r.IntN(p.N)
+		pl.provFrom = append(pl.provFrom, from)
+		pl.findFrom = append(pl.findFrom, other(from))
+		h, _ := mh.Sum(fmt.Appendf(nil, "block-%d-%d", p.Seed, i), mh.SHA2_256, -1)
+		pl.cids = append(pl.cids, cid.NewCidV1(cid.Raw, h))
+	}
+	stop := int(p.Churn * float64(p.N))
+	pl.dead = r.Perm(p.N)[:stop]
+	dead := make([]bool, p.N)
+	for _, i := range pl.dead {
+		dead[i] = true
+	}
+	live := func() int {
+		for {
+			if x := r.IntN(p.N); !dead[x] {
+				return x
+			}
+		}
+	}
+	for i := range p.Ops {
+		pl.cGcpFrom = append(pl.cGcpFrom, live())
+		pl.cGcpKey = append(pl.cGcpKey, fmt.Sprintf("churn-gcp-%d-%d", p.Seed, i))
+		pl.cGetFrom = append(pl.cGetFrom, live())
+		pl.cFindFrom = append(pl.cFindFrom, live())
+	}
+	return pl
+}
+
+// cpuTime is the process's user plus system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// memSnapshot is the live heap and goroutine count after two GCs.
+func memSnapshot() (heap uint64, goroutines int) {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, runtime.NumGoroutine()
+}
+
+// settle waits (at most limit) for the goroutine count to stop falling,
+// so a torn-down network does not count against the next one.
+func settle(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	last := runtime.NumGoroutine()
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		n := runtime.NumGoroutine()
+		if n >= last {
+			return
+		}
+		last = n
+	}
+}
+
+// runner runs the operations of phases with at most Par in flight and
+// never two at once on the same origin node.
+type runner struct {
+	p     Params
+	tn    *testNet
+	locks []sync.Mutex
+}
+
+// run executes op(i) for i in [0, count) and fills the common figures.
+// op returns whether it succeeded; it records its own extras.
+func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx context.Context, i int) bool) *OpStats {
+	st := &OpStats{Name: name, Ops: count, LatencyMS: make([]float64, count), Extra: map[string]float64{}}
+	ok := make([]bool, count)
+	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range max(rn.p.Par, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				o := origin(i)
+				rn.locks[o].Lock()
+				ctx, cancel := context.WithTimeout(context.Background(), rn.p.OpTime)
+				start := time.Now()
+				ok[i] = op(ctx, i)
+				st.LatencyMS[i] = ms(time.Since(start))
+				cancel()
+				rn.locks[o].Unlock()
+			}
+		}()
+	}
+	for i := range count {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	st.RPCs = float64(rn.tn.c.msgs.Load()-msgs0) / float64(count)
+	st.Extra["probes"] = float64(rn.tn.c.probes.Load()-probes0) / float64(count)
+	if own0 >= 0 {
+		// The implementation's own count of lookup requests, all nodes.
+		st.Extra["own_lookup_requests"] = float64(rn.tn.ownRequests()-own0) / float64(count)
+	}
+	st.CPUMS = ms(cpuTime()-cpu0) / float64(count)
+	for _, v := range ok {
+		if v {
+			st.OK++
+		}
+	}
+	st.Success = float64(st.OK) / float64(count)
+	st.P50MS, st.P95MS = percentile(st.LatencyMS, 0.5), percentile(st.LatencyMS, 0.95)
+	return st
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// percentile is the p-quantile of xs (nearest rank), 0 for none.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(p*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// ownRequests sums the implementation's own lookup request counters over
+// every node, or -1 when it keeps none.
+func (tn *testNet) ownRequests() int64 {
+	var sum int64
+	for _, d := range tn.nodes {
+		v := d.LookupRequests()
+		if v < 0 {
+			return -1
+		}
+		sum += v
+	}
+	return sum
+}
+
+// trueClosest returns the k live peers closest to key, other than self.
+func (tn *testNet) trueClosest(key string, k int, self int) []peer.ID {
+	target := sha256.Sum256([]byte(key))
+	type cand struct {
+		d  [32]byte
+		id peer.ID
+	}
+	var cs []cand
+	for j, id := range tn.ids {
+		if j == self || tn.dead[j] {
+			continue
+		}
+		pos := sha256.Sum256([]byte(id))
+		var d [32]byte
+		for x := range d {
+			d[x] = pos[x] ^ target[x]
+		}
+		cs = append(cs, cand{d, id})
+	}
+	slices.SortFunc(cs, func(a, b cand) int { return bytes.Compare(a.d[:], b.d[:]) })
+	out := make([]peer.ID, 0, k)
+	for _, c := range cs[:min(k, len(cs))] {
+		out = append(out, c.id)
+	}
+	return out
+}
+
+func recall(got, want []peer.ID) float64 {
+	if len(want) == 0 {
+		return 1
+	}
+	hit := 0
+	for _, p := range want {
+		if slices.Contains(got, p) {
+			hit++
+		}
+	}
+	return float64(hit) / float64(len(want))
+}
+
+// runImpl builds the network for one implementation, measures setup and
+// every phase, and tears it down.
+func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult) {
+	res = &ImplResult{Impl: impl.Name, N: p.N}
+	res.LoadAvg[0] = loadAvg()
+	defer func() { res.LoadAvg[1] = loadAvg() }()
+	log := p.Log.With("impl", impl.Name)
+	settle(10 * time.Second)
+	heap0, gr0 := memSnapshot()
+	tn, err := newHosts(impl, keys, p.Latency)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer func() {
+		tn.close()
+		settle(20 * time.Second)
+	}()
+	heap1, gr1 := memSnapshot()
+	log.Info("hosts ready", "n", p.N)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
+	defer cancel()
+	start, cpu0 := time.Now(), cpuTime()
+	if err := tn.startDHTs(ctx, chooseBoots(p.N, p.Seed), p.Refresh); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	res.SetupSeconds = time.Since(start).Seconds()
+	res.SetupCPUSec = (cpuTime() - cpu0).Seconds()
+	heap2, gr2 := memSnapshot()
+	if p.MemProfile != "" {
+		if err := writeHeapProfile(p.MemProfile + "-" + impl.Name + ".pprof"); err != nil {
+			log.Warn("heap profile", "err", err)
+		}
+	}
+	mib := float64(1 << 20)
+	n := float64(p.N)
+	res.HeapPerNodeMiB = (float64(heap2) - float64(heap1)) / n / mib
+	res.HeapPerNodeTotalMiB = (float64(heap2) - float64(heap0)) / n / mib
+	res.GoroutinesPerNode = float64(gr2-gr1) / n
+	res.GoroutinesTotalPerNod = float64(gr2-gr0) / n
+	log.Info("setup done", "seconds", res.SetupSeconds, "heap_mib_per_node", res.HeapPerNodeMiB,
+		"goroutines_per_node", res.GoroutinesPerNode)
+
+	rn := &runner{p: p, tn: tn, locks: make([]sync.Mutex, p.N)}
+	add := func(sts ...*OpStats) {
+		for _, st := range sts {
+			res.Phases = append(res.Phases, st)
+			if st.Skipped == "" {
+				log.Info("phase done", "phase", st.Name, "success", st.Success, "p50_ms", int(st.P50MS),
+					"p95_ms", int(st.P95MS), "rpcs", st.RPCs, "extra", st.Extra)
+			}
+		}
+	}
+	add(phaseGCP(rn, "GetClosestPeers", pl.gcpFrom, pl.gcpKey))
+	add(phaseFindPeer(rn, pl))
+	if impl.Values() {
+		add(phasePut(rn, pl), phaseGet(rn, "GetValue", pl.getFrom, pl))
+	} else {
+		add(skipped("PutValue"), skipped("GetValue"))
+	}
+	if impl.Providers() {
+		add(phaseProvide(rn, pl), phaseFind(rn, "FindProviders", pl.findFrom, pl))
+	} else {
+		add(skipped("Provide"), skipped("FindProviders"))
+	}
+	if p.Churn > 0 {
+		for _, i := range pl.dead {
+			tn.stop(i)
+		}
+		log.Info("churn", "stopped", len(pl.dead))
+		add(phaseGCP(rn, "GetClosestPeers after churn", pl.cGcpFrom, pl.cGcpKey))
+		if impl.Values() {
+			add(phaseGet(rn, "GetValue after churn", pl.cGetFrom, pl))
+		}
+		if impl.Providers() {
+			add(phaseFind(rn, "FindProviders after churn", pl.cFindFrom, pl))
+		}
+	}
+	return res
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func skipped(name string) *OpStats {
+	return &OpStats{Name: name, Skipped: "not implemented"}
+}
+
+func phaseGCP(rn *runner, name string, from []int, keys []string) *OpStats {
+	tn := rn.tn
+	rec := make([]float64, len(keys))
+	hops := make([]float64, len(keys))
+	dead := make([]int, len(keys))
+	st := rn.run(name, len(keys), func(i int) int { return from[i] }, func(ctx context.Context, i int) bool {
+		got, h, err := tn.nodes[from[i]].GetClosestPeers(ctx, keys[i])
+		hops[i] = h
+		for _, p := range got {
+			if j, ok := tn.index[p]; !ok || tn.dead[j] {
+				dead[i]++
+			}
+		}
+		rec[i] = recall(got, tn.trueClosest(keys[i], 20, from[i]))
+		return err == nil && len(got) > 0
+	})
+	var sr, sh float64
+	withDead, deadTotal := 0, 0
+	for i := range keys {
+		sr += rec[i]
+		sh += hops[i]
+		deadTotal += dead[i]
+		if dead[i] > 0 {
+			withDead++
+		}
+	}
+	c := float64(len(keys))
+	st.Extra["recall"] = sr / c
+	st.Extra["recall_min"] = slices.Min(rec)
+	st.Extra["hops"] = sh / c
+	st.Extra["dead_returned"] = float64(deadTotal)
+	st.Extra["lookups_with_dead"] = float64(withDead) / c
+	return st
+}
+
+func phaseFindPeer(rn *runner, pl *plan) *OpStats {
+	tn := rn.tn
+	local := make([]bool, len(pl.fpFrom))
+	st := rn.run("FindPeer", len(pl.fpFrom), func(i int) int { return pl.fpFrom[i] }, func(ctx context.Context, i int) bool {
+		target := tn.ids[pl.fpTarget[i]]
+		local[i] = tn.hosts[pl.fpFrom[i]].Network().Connectedness(target) == network.Connected
+		ai, err := tn.nodes[pl.fpFrom[i]].FindPeer(ctx, target)
+		return err == nil && ai.ID == target && len(ai.Addrs) > 0
+	})
+	nl := 0
+	for _, l := range local {
+		if l {
+			nl++
+		}
+	}
+	st.Extra["already_connected"] = float64(nl) / float64(len(local))
+	return st
+}
+
+func phasePut(rn *runner, pl *plan) *OpStats {
+	tn := rn.tn
+	return rn.run("PutValue", len(pl.valKey), func(i int) int { return pl.putFrom[i] }, func(ctx context.Context, i int) bool {
+		return tn.nodes[pl.putFrom[i]].PutValue(ctx, pl.valKey[i], pl.value[i]) == nil
+	})
+}
+
+func phaseGet(rn *runner, name string, from []int, pl *plan) *OpStats {
+	tn := rn.tn
+	return rn.run(name, len(pl.valKey), func(i int) int { return from[i] }, func(ctx context.Context, i int) bool {
+		v, err := tn.nodes[from[i]].GetValue(ctx, pl.valKey[i])
+		return err == nil && bytes.Equal(v, pl.value[i])
+	})
+}
+
+func phaseProvide(rn *runner, pl *plan) *OpStats {
+	tn := rn.tn
+	return rn.run("Provide", len(pl.cids), func(i int) int { return pl.provFrom[i] }, func(ctx context.Context, i int) bool {
+		return tn.nodes[pl.provFrom[i]].Provide(ctx, pl.cids[i]) == nil
+	})
+}
+
+// phaseFind runs FindProvidersAsync with go's FindProviders count (k = 20)
+// and records when the expected provider first arrived; the operation's
+// latency is the whole search.
+func phaseFind(rn *runner, name string, from []int, pl *plan) *OpStats {
+	tn := rn.tn
+	first := make([]float64, len(pl.cids))
+	st := rn.run(name, len(pl.cids), func(i int) int { return from[i] }, func(ctx context.Context, i int) bool {
+		want := tn.ids[pl.provFrom[i]]
+		start := time.Now()
+		found := false
+		first[i] = ms(rn.p.OpTime)
+		for ai := range tn.nodes[from[i]].FindProvidersAsync(ctx, pl.cids[i], 20) {
+			if ai.ID == want && !found {
+				found = true
+				first[i] = ms(time.Since(start))
+			}
+		}
+		return found
+	})
+	st.FirstMS = first
+	st.Extra["first_p50_ms"] = percentile(first, 0.5)
+	st.Extra["first_p95_ms"] = percentile(first, 0.95)
+	return st
+}

@@ -1,0 +1,113 @@
+package kad
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
+)
+
+// eclipseAnswer is a malicious node of an eclipse attack: asked for the
+// peers closest to a key, it lists the k malicious peers closest to it,
+// never an honest one, so a lookup that trusts it sees only attackers.
+func eclipseAnswer(k int) mixedAnswer {
+	return func(mx *mixedNet, self host.Host, _ peer.ID, req *pb.Message) *pb.Message {
+		bad := make([]peer.ID, 0, len(mx.fakes))
+		for _, f := range mx.fakes {
+			if f.h.ID() != self.ID() {
+				bad = append(bad, f.h.ID())
+			}
+		}
+		kbucket.SortByDistance(bad, kbucket.KeyForBytes(req.Key))
+		closer := make([]pb.Peer, 0, k)
+		for _, p := range bad[:min(k, len(bad))] {
+			closer = append(closer, entryOf(mx.mn.Host(p)))
+		}
+		return reply(req, closer)
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+// S/Kademlia disjoint paths against an eclipse attack: with 20 % of the
+// nodes malicious, lookups split into disjoint paths return the true
+// closest honest peers far more often than single-path lookups.
+func TestDisjointPathsResistEclipse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("100-node network")
+	}
+	var (
+		n        = envInt("KAD_DISJOINT_N", 100)
+		k        = envInt("KAD_DISJOINT_K", 8)
+		alpha    = envInt("KAD_DISJOINT_ALPHA", 3)
+		paths    = envInt("KAD_DISJOINT_D", 3)
+		lookups  = envInt("KAD_DISJOINT_LOOKUPS", 60)
+		nBad     = n / 5
+		seed     = uint64(envInt("KAD_DISJOINT_SEED", 140))
+		opts     = []Option{BucketSize(k), Resiliency(min(3, k)), Concurrency(alpha), RandomWalk(false), RequestTimeout(2 * time.Second)}
+		mx       = newMixedNet(t, n-nBad, nBad, seed, eclipseAnswer(k), opts...)
+		r        = rand.New(rand.NewPCG(seed, 1))
+		all      = ids(mx.honest)
+		honest   = setOf(all)
+		ctx      = context.Background()
+		hits     = map[int]int{}
+		firsts   = map[int]int{}
+		recalls  = map[int]float64{}
+		requests = map[int]int64{}
+	)
+	for _, h := range mx.fakeHosts() {
+		all = append(all, h.ID())
+	}
+	// Attackers answer at once; honest peers take a network round trip.
+	lat := time.Duration(envInt("KAD_DISJOINT_LATENCY_MS", 20)) * time.Millisecond
+	for i, a := range mx.honest {
+		for _, b := range mx.honest[i+1:] {
+			for _, l := range mx.mn.LinksBetweenPeers(a.self, b.self) {
+				l.SetOptions(mocknet.LinkOptions{Latency: lat})
+			}
+		}
+	}
+	for range lookups {
+		key := fmt.Sprintf("eclipse-%d", r.Uint64())
+		d := mx.honest[r.IntN(len(mx.honest))]
+		want := honestClosest(all, honest, key, k, d.self)
+		for _, dp := range []int{1, paths} {
+			d.cfg.disjointPaths = dp // safe: RandomWalk is off, only this goroutine runs lookups
+			before := d.Stats().LookupRequests
+			got, err := d.GetClosestPeers(ctx, key)
+			require.NoError(t, err)
+			requests[dp] += d.Stats().LookupRequests - before
+			rc := recall(got, want)
+			recalls[dp] += rc
+			if rc == 1 {
+				hits[dp]++
+			}
+			if len(want) == 0 || slices.Contains(got, want[0]) {
+				firsts[dp]++
+			}
+		}
+	}
+	rate := func(dp int) float64 { return float64(hits[dp]) / float64(lookups) }
+	for _, dp := range []int{1, paths} {
+		t.Logf("n=%d (%d malicious) k=%d alpha=%d, %d disjoint path(s): all true closest honest peers found in %d/%d lookups (%.0f%%), the closest one in %d/%d, mean recall %.3f, %.1f requests/lookup",
+			n, nBad, k, alpha, dp, hits[dp], lookups, 100*rate(dp), firsts[dp], lookups, recalls[dp]/float64(lookups), float64(requests[dp])/float64(lookups))
+	}
+	require.Greater(t, rate(paths), rate(1), "disjoint paths do better")
+}

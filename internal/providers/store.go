@@ -1,0 +1,298 @@
+// Package providers is the provider record store: who announced that it
+// has the content of a key, until when, and at which addresses. Records
+// live in a go-datastore under Prefix, so a persistent datastore keeps
+// them across restarts, with a small cache of hot keys in front.
+//
+// The store is pure in the project's sense: it reads no clock (every call
+// takes now), starts no goroutine and does no network I/O, so expiry is
+// tested by moving time by hand. Its caller runs the periodic Sweep.
+package providers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	dsq "github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// ErrKeyFull is returned by Add for a new provider of a key that already
+// has MaxPerKey live providers: the first providers keep their place, so a
+// flood of fake announcements cannot push real ones out.
+var ErrKeyFull = errors.New("providers: key has the maximum number of providers")
+
+// ErrInvalidConfig is returned by New for a Config out of range.
+var ErrInvalidConfig = errors.New("providers: invalid config")
+
+// Config sets the store's limits.
+type Config struct {
+	// Validity is how long a record lasts after the provider's last
+	// announcement (Amino: 48 h).
+	Validity time.Duration
+	// AddrTTL is how long the provider's addresses are kept (Amino: 24 h).
+	// Past it the record is still returned, without addresses.
+	AddrTTL time.Duration
+	// MaxPerKey bounds the providers stored for one key.
+	MaxPerKey int
+	// CacheKeys is how many keys the hot-key cache holds; 0 disables it.
+	CacheKeys int
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Validity <= 0 {
+		errs = append(errs, fmt.Errorf("%w: validity %v <= 0", ErrInvalidConfig, c.Validity))
+	}
+	if c.AddrTTL <= 0 {
+		errs = append(errs, fmt.Errorf("%w: address TTL %v <= 0", ErrInvalidConfig, c.AddrTTL))
+	}
+	if c.MaxPerKey < 1 {
+		errs = append(errs, fmt.Errorf("%w: max providers per key %d < 1", ErrInvalidConfig, c.MaxPerKey))
+	}
+	if c.CacheKeys < 0 {
+		errs = append(errs, fmt.Errorf("%w: cache size %d < 0", ErrInvalidConfig, c.CacheKeys))
+	}
+	return errors.Join(errs...)
+}
+
+// Store keeps provider records. It is safe for concurrent use; one mutex
+// serializes all operations, which keeps the per-key bound and the cache
+// exact.
+type Store struct {
+	ds  ds.Batching
+	cfg Config
+
+	mu     sync.Mutex
+	cache  *lru
+	cursor string // datastore key where the next Sweep resumes; "" from the start
+}
+
+// New returns a store on d. The store does not close d.
+func New(d ds.Batching, cfg Config) (*Store, error) {
+	if d == nil {
+		return nil, fmt.Errorf("%w: nil datastore", ErrInvalidConfig)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Store{ds: d, cfg: cfg, cache: newLRU(cfg.CacheKeys)}, nil
+}
+
+func (s *Store) expired(r *record, now time.Time) bool {
+	return !now.Before(r.received.Add(s.cfg.Validity))
+}
+
+func (s *Store) addrsExpired(r *record, now time.Time) bool {
+	return len(r.addrs) == 0 || !now.Before(r.addrsAt.Add(s.cfg.AddrTTL))
+}
+
+// Add records that p provides key as of now, at addrs. Announcing again
+// renews the record; an announcement without addresses keeps the
+// addresses already known, until they expire.
+func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multiaddr, now time.Time) error {
+	if len(key) == 0 {
+		return errors.New("providers: add: empty key")
+	}
+	if p == "" {
+		return errors.New("providers: add: empty peer id")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set, err := s.load(ctx, key, now)
+	if err != nil {
+		return fmt.Errorf("providers: add: %w", err)
+	}
+	r, ok := set[p]
+	if !ok {
+		if len(set) >= s.cfg.MaxPerKey {
+			return ErrKeyFull
+		}
+		r = &record{}
+	}
+	nr := &record{received: now, addrsAt: r.addrsAt, addrs: r.addrs}
+	if len(addrs) > 0 {
+		nr.addrs = slices.Clone(addrs)
+		if len(nr.addrs) > maxStoredAddrs {
+			nr.addrs = nr.addrs[:maxStoredAddrs]
+		}
+		nr.addrsAt = now
+	} else if s.addrsExpired(nr, now) {
+		nr.addrs, nr.addrsAt = nil, time.Time{}
+	}
+	if err := s.ds.Put(ctx, dsKey(key, p), nr.encode()); err != nil {
+		return fmt.Errorf("providers: add: %w", err)
+	}
+	set[p] = nr
+	return nil
+}
+
+// Get returns the live providers of key, most recently announced first,
+// at most limit of them (limit <= 0: all). A provider whose addresses
+// expired is returned without addresses.
+func (s *Store) Get(ctx context.Context, key []byte, now time.Time, limit int) ([]peer.AddrInfo, error) {
+	if len(key) == 0 {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set, err := s.load(ctx, key, now)
+	if err != nil {
+		return nil, fmt.Errorf("providers: get: %w", err)
+	}
+	out := make([]peer.AddrInfo, 0, len(set))
+	for p, r := range set {
+		ai := peer.AddrInfo{ID: p}
+		if !s.addrsExpired(r, now) {
+			ai.Addrs = slices.Clone(r.addrs)
+		}
+		out = append(out, ai)
+	}
+	slices.SortFunc(out, func(a, b peer.AddrInfo) int {
+		if c := set[b.ID].received.Compare(set[a.ID].received); c != 0 {
+			return c
+		}
+		return bytes.Compare([]byte(a.ID), []byte(b.ID))
+	})
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// load returns the live provider set of key, from the cache or the
+// datastore, deleting what expired or cannot be decoded. Called with s.mu
+// held; the returned set is the cached one, so changes to it stick.
+func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, error) {
+	prefix := keyPrefix(key)
+	enc := prefix[len(Prefix) : len(prefix)-1]
+	if set, ok := s.cache.get(enc); ok {
+		var stale []ds.Key
+		for p, r := range set {
+			if s.expired(r, now) {
+				delete(set, p)
+				stale = append(stale, dsKey(key, p))
+			}
+		}
+		return set, s.deleteKeys(ctx, stale)
+	}
+	res, err := s.ds.Query(ctx, dsq.Query{Prefix: prefix})
+	if err != nil {
+		return nil, err
+	}
+	set := make(keySet)
+	var stale []ds.Key
+	for e := range res.Next() {
+		if e.Error != nil {
+			_ = res.Close()
+			return nil, e.Error
+		}
+		_, p, err := parseDSKey(e.Key)
+		r, derr := decodeRecord(e.Value)
+		if err != nil || derr != nil || s.expired(r, now) {
+			stale = append(stale, ds.RawKey(e.Key))
+			continue
+		}
+		set[p] = r
+	}
+	if err := res.Close(); err != nil {
+		return nil, err
+	}
+	if err := s.deleteKeys(ctx, stale); err != nil {
+		return nil, err
+	}
+	s.cache.put(enc, set)
+	return set, nil
+}
+
+func (s *Store) deleteKeys(ctx context.Context, keys []ds.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	b, err := s.ds.Batch(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := b.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return b.Commit(ctx)
+}
+
+// SweepStats says what one Sweep call did.
+type SweepStats struct {
+	Scanned int  // records examined
+	Removed int  // expired or corrupt records deleted
+	Done    bool // the pass reached the end of the store; the next starts over
+}
+
+// Sweep examines at most budget records, in key order from where the
+// previous call stopped, and deletes the expired ones. Bounding each call
+// keeps the lock short and the work per tick small however many records
+// the store holds; call it until Done for a full pass.
+func (s *Store) Sweep(ctx context.Context, now time.Time, budget int) (SweepStats, error) {
+	var st SweepStats
+	if budget < 1 {
+		return st, fmt.Errorf("providers: sweep: budget %d < 1", budget)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := dsq.Query{Prefix: Prefix, Orders: []dsq.Order{dsq.OrderByKey{}}, Limit: budget}
+	if s.cursor != "" {
+		q.Filters = []dsq.Filter{dsq.FilterKeyCompare{Op: dsq.GreaterThan, Key: s.cursor}}
+	}
+	res, err := s.ds.Query(ctx, q)
+	if err != nil {
+		return st, fmt.Errorf("providers: sweep: %w", err)
+	}
+	var stale []ds.Key
+	last := ""
+	for e := range res.Next() {
+		if e.Error != nil {
+			_ = res.Close()
+			return st, fmt.Errorf("providers: sweep: %w", e.Error)
+		}
+		st.Scanned++
+		last = e.Key
+		r, derr := decodeRecord(e.Value)
+		if derr == nil && !s.expired(r, now) {
+			continue
+		}
+		stale = append(stale, ds.RawKey(e.Key))
+		if enc, p, err := parseDSKey(e.Key); err == nil {
+			if set, ok := s.cache.peek(enc); ok {
+				delete(set, p)
+			}
+		}
+	}
+	if err := res.Close(); err != nil {
+		return st, fmt.Errorf("providers: sweep: %w", err)
+	}
+	if err := s.deleteKeys(ctx, stale); err != nil {
+		return st, fmt.Errorf("providers: sweep: %w", err)
+	}
+	st.Removed = len(stale)
+	if st.Scanned < budget {
+		st.Done = true
+		s.cursor = ""
+	} else {
+		s.cursor = last
+	}
+	return st, nil
+}
+
+// CachedKeys is how many keys the hot-key cache holds, for tests and
+// metrics.
+func (s *Store) CachedKeys() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cache.len()
+}

@@ -1,0 +1,233 @@
+package kad
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kadlib/kad/internal/pb"
+)
+
+// serviceName is the resource manager service inbound kad streams are
+// charged to, so operators can give the DHT its own limits.
+const serviceName = "libp2p.kad"
+
+// errLimited rejects a stream or a request over one of the server's limits.
+var errLimited = errors.New("kad: over limit")
+
+// inboundLimiter enforces the bounds on inbound streams, per peer and in
+// total, and each peer's request rate (a token bucket). It reads no clock:
+// callers pass now. Safe for concurrent use.
+type inboundLimiter struct {
+	maxTotal, maxPerPeer int
+	rate, burst          float64 // rate 0: no request limit
+
+	mu      sync.Mutex
+	total   int
+	peers   map[peer.ID]*peerLimit
+	pruneAt int // prune refilled entries once the map reaches this size
+
+	rejectedStreams, rejectedRequests int64
+}
+
+// peerLimit is one peer's open streams and request bucket.
+type peerLimit struct {
+	streams int
+	tokens  float64
+	at      time.Time // when tokens was last brought up to date
+}
+
+// minPrune is the map size below which refilled entries are not pruned.
+const minPrune = 64
+
+func newInboundLimiter(c limitsConfig) *inboundLimiter {
+	return &inboundLimiter{
+		maxTotal:   c.streamsTotal,
+		maxPerPeer: c.streamsPerPeer,
+		rate:       c.peerRate,
+		burst:      float64(c.peerBurst),
+		peers:      make(map[peer.ID]*peerLimit),
+		pruneAt:    minPrune,
+	}
+}
+
+// entry returns p's state, creating it with a full bucket.
+func (l *inboundLimiter) entry(p peer.ID, now time.Time) *peerLimit {
+	e := l.peers[p]
+	if e == nil {
+		if len(l.peers) >= l.pruneAt {
+			l.prune(now)
+			l.pruneAt = max(2*len(l.peers), minPrune)
+		}
+		e = &peerLimit{tokens: l.burst, at: now}
+		l.peers[p] = e
+	}
+	return e
+}
+
+// refill brings e's bucket up to now.
+func (l *inboundLimiter) refill(e *peerLimit, now time.Time) {
+	if dt := now.Sub(e.at); dt > 0 {
+		e.tokens = min(l.burst, e.tokens+dt.Seconds()*l.rate)
+		e.at = now
+	}
+}
+
+// prune forgets peers with no open stream whose bucket has refilled: a
+// fresh entry would be the same. Entries with a partly empty bucket stay,
+// so a peer cannot reset its bucket by closing its streams.
+func (l *inboundLimiter) prune(now time.Time) {
+	for p, e := range l.peers {
+		if e.streams > 0 {
+			continue
+		}
+		if l.rate > 0 {
+			l.refill(e, now)
+			if e.tokens < l.burst {
+				continue
+			}
+		}
+		delete(l.peers, p)
+	}
+}
+
+// openStream admits a new inbound stream from p, or refuses it when p or
+// the node holds as many as allowed. An admitted stream must be released
+// with closeStream.
+func (l *inboundLimiter) openStream(p peer.ID, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= l.maxTotal {
+		l.rejectedStreams++
+		return fmt.Errorf("%w: %d inbound streams open", errLimited, l.total)
+	}
+	e := l.entry(p, now)
+	if e.streams >= l.maxPerPeer {
+		l.rejectedStreams++
+		return fmt.Errorf("%w: peer holds %d inbound streams", errLimited, e.streams)
+	}
+	e.streams++
+	l.total++
+	return nil
+}
+
+// closeStream releases a stream openStream admitted.
+func (l *inboundLimiter) closeStream(p peer.ID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.peers[p]; e != nil && e.streams > 0 {
+		e.streams--
+		l.total--
+	}
+}
+
+// allow takes one token from p's bucket, or reports that p is over its
+// request rate.
+func (l *inboundLimiter) allow(p peer.ID, now time.Time) error {
+	if l.rate <= 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entry(p, now)
+	l.refill(e, now)
+	if e.tokens < 1 {
+		l.rejectedRequests++
+		return fmt.Errorf("%w: request rate of %g/s exceeded", errLimited, l.rate)
+	}
+	e.tokens--
+	return nil
+}
+
+// limiterStats are the limiter's counters, for tests and operators.
+type limiterStats struct {
+	open, tracked                     int
+	rejectedStreams, rejectedRequests int64
+}
+
+func (l *inboundLimiter) stats() limiterStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return limiterStats{open: l.total, tracked: len(l.peers), rejectedStreams: l.rejectedStreams, rejectedRequests: l.rejectedRequests}
+}
+
+// admitStream applies the stream limits to a new inbound stream and
+// charges it to the kad service of the host's resource manager. It
+// returns the release to call when the stream ends.
+func (d *DHT) admitStream(s network.Stream, from peer.ID) (release func(), err error) {
+	if err := d.limiter.openStream(from, time.Now()); err != nil {
+		return nil, err
+	}
+	release = func() { d.limiter.closeStream(from) }
+	if err := s.Scope().SetService(serviceName); err != nil {
+		release()
+		return nil, fmt.Errorf("kad: resource manager: %w", err)
+	}
+	return release, nil
+}
+
+// reserveReadBuffer charges the growth of a stream's read buffer to the
+// stream's resource manager scope: the scope gives it back when the
+// stream ends, which is when the buffer is dropped.
+func reserveReadBuffer(s network.Stream) func(n int) error {
+	return func(n int) error {
+		return s.Scope().ReserveMemory(n, network.ReservationPriorityMedium)
+	}
+}
+
+// checkRequest applies the limits every request is held to, whatever its
+// type, before any handler runs.
+func (d *DHT) checkRequest(req *pb.Message) error {
+	if n := len(req.Key); n > d.cfg.limits.maxKeySize {
+		return fmt.Errorf("%w: key of %d bytes over the %d-byte limit", errBadRequest, n, d.cfg.limits.maxKeySize)
+	}
+	return nil
+}
+
+// trimResponse keeps an answer within the response limits, whatever the
+// handler put in it: at most k closer peers, MaxProvidersPerResponse
+// providers and MaxAddrsPerPeer addresses per entry.
+func (d *DHT) trimResponse(m *pb.Message) {
+	if len(m.CloserPeers) > d.cfg.bucketSize+1 {
+		// k plus the exact target of a FIND_NODE.
+		m.CloserPeers = m.CloserPeers[:d.cfg.bucketSize+1]
+	}
+	if len(m.ProviderPeers) > d.cfg.limits.provsPerResp {
+		m.ProviderPeers = m.ProviderPeers[:d.cfg.limits.provsPerResp]
+	}
+	trimAddrs(m, d.cfg.maxAddrsPerPeer)
+}
+
+// maxPeersInbound bounds the entries kept from one inbound response: more
+// than any caller decodes (2k closer peers, 1000 providers).
+const maxPeersInbound = 1024
+
+// trimInbound bounds what a peer's answer can make us keep and parse:
+// entries past maxPeersInbound and addresses past MaxAddrsPerPeer per
+// entry are dropped before anything else reads them.
+func (d *DHT) trimInbound(m *pb.Message) {
+	if len(m.CloserPeers) > maxPeersInbound {
+		m.CloserPeers = m.CloserPeers[:maxPeersInbound]
+	}
+	if len(m.ProviderPeers) > maxPeersInbound {
+		m.ProviderPeers = m.ProviderPeers[:maxPeersInbound]
+	}
+	trimAddrs(m, d.cfg.maxAddrsPerPeer)
+}
+
+func trimAddrs(m *pb.Message, n int) {
+	for i := range m.CloserPeers {
+		if e := &m.CloserPeers[i]; len(e.Addrs) > n {
+			e.Addrs = e.Addrs[:n]
+		}
+	}
+	for i := range m.ProviderPeers {
+		if e := &m.ProviderPeers[i]; len(e.Addrs) > n {
+			e.Addrs = e.Addrs[:n]
+		}
+	}
+}

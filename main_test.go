@@ -1,0 +1,14 @@
+package kad
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests if any goroutine is left once they
+// all ran and cleaned up: every DHT, host and mocknet a test starts must
+// be closed by it.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}

@@ -1,0 +1,102 @@
+package kad
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// closedWithin reports whether ch is closed (after draining anything
+// still queued) within d.
+func closedWithin(ch <-chan peer.AddrInfo, d time.Duration) bool {
+	deadline := time.After(d)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// FindProvidersAsync closes its channel when the caller cancels mid-stream,
+// when it never reads, when count is reached, when the lookup ends and when
+// the DHT closes; once the network is shut down no goroutine is left.
+func TestFindProvidersAsyncNoLeak(t *testing.T) {
+	// Goroutines of earlier tests in the package are not this test's.
+	before := goleak.IgnoreCurrent()
+	tn := newTestNet(t, 20, 71)
+	r := rand.New(rand.NewPCG(72, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := provCID(t, r)
+	var providers []*DHT
+	for len(providers) < 5 {
+		d := provPick(tn, r, providers...)
+		require.NoError(t, d.Provide(ctx, c, true))
+		providers = append(providers, d)
+	}
+	from := provPick(tn, r, providers...)
+	provWait(t, 10*time.Second, "every provider is found", func() bool {
+		got, err := from.FindProviders(ctx, c, 0)
+		return err == nil && len(got) == len(providers)
+	})
+
+	t.Run("cancel after the first", func(t *testing.T) {
+		fctx, fcancel := context.WithCancel(ctx)
+		ch := from.FindProvidersAsync(fctx, c, 0)
+		select {
+		case _, ok := <-ch:
+			require.True(t, ok)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no provider")
+		}
+		fcancel()
+		require.True(t, closedWithin(ch, 10*time.Second))
+	})
+	t.Run("never read", func(t *testing.T) {
+		fctx, fcancel := context.WithCancel(ctx)
+		ch := from.FindProvidersAsync(fctx, c, 0)
+		time.Sleep(50 * time.Millisecond) // let the search block on the channel
+		fcancel()
+		require.True(t, closedWithin(ch, 10*time.Second))
+	})
+	t.Run("count reached", func(t *testing.T) {
+		n := 0
+		ch := from.FindProvidersAsync(ctx, c, 2)
+		for range ch {
+			n++
+		}
+		require.Equal(t, 2, n)
+	})
+	t.Run("lookup ends", func(t *testing.T) {
+		nobody := provCID(t, r)
+		require.True(t, closedWithin(from.FindProvidersAsync(ctx, nobody, 0), 20*time.Second))
+	})
+	t.Run("DHT closes", func(t *testing.T) {
+		other := provPick(tn, r, from)
+		ch := other.FindProvidersAsync(context.Background(), c, 0)
+		require.NoError(t, other.Close())
+		require.True(t, closedWithin(ch, 10*time.Second))
+		_, ok := <-other.FindProvidersAsync(context.Background(), cid.Cid{}, 0)
+		require.False(t, ok)
+	})
+
+	for _, d := range tn.nodes {
+		require.NoError(t, d.Close())
+	}
+	for _, h := range tn.mn.Hosts() {
+		require.NoError(t, h.Close())
+	}
+	require.NoError(t, tn.mn.Close())
+	goleak.VerifyNone(t, before)
+}

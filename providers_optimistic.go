@@ -1,0 +1,318 @@
+package kad
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/lookup"
+	"github.com/kadlib/kad/internal/pb"
+	"github.com/kadlib/kad/internal/wire"
+)
+
+// Optimistic provide. A classic provide waits for the whole lookup, whose
+// tail (the last of the k closest answering) is its slowest part, and only
+// then sends. Here a peer gets the record as soon as it is very likely to
+// be among the k closest:
+//
+//   - near: its distance to the key is below the expected distance of the
+//     k-th closest peer, k/N of the keyspace, with N the network size
+//     estimated from how densely peers surround us in our own table. This
+//     applies from the start (to the seeds) and to every peer a response
+//     names, before it is even asked;
+//   - converged: once the beta closest peers known have answered, nothing
+//     much closer remains to be found, so the k closest known get it;
+//   - final: when the lookup ends, whichever of its k closest did not.
+//
+// Provide returns once the record was written to half of k such peers (or,
+// in a small network, once every send finished); the lookup and the
+// remaining sends go on in the background, owned by the DHT and stopped by
+// Close. Half is plenty to be found: a finder's lookup ends by asking the
+// k closest peers, so it needs just one of them to hold the record, and
+// with half of them holding it even a 30% crash of the network leaves one
+// with overwhelming probability. Waiting for more would mostly wait for
+// dials to peers we are not yet connected to. A record sent to a peer that
+// ends up just outside the k closest costs that peer one entry; it is
+// never a miss.
+
+// provideReturnNum/provideReturnDen of k written sends end Provide's wait.
+const (
+	provideReturnNum = 1
+	provideReturnDen = 2
+)
+
+// provideRun is one announcement in flight.
+type provideRun struct {
+	d      *DHT
+	ctx    context.Context // of the sends: outlives Provide's return
+	target kbucket.ID
+	msg    *pb.Message
+	k      int
+	near   float64 // normalized distance under which a peer gets the record at once
+
+	// Driver-goroutine state: touched only by the lookup hook and, after
+	// the lookup returned, by the same goroutine.
+	converged bool
+	attempted map[peer.ID]bool
+	sends     sync.WaitGroup
+
+	mu        sync.Mutex
+	written   int // sends whose message was written
+	reached   int // sends the peer accepted (closed its side, no reset)
+	pending   int // sends not finished
+	done      bool
+	lookupErr error
+	changed   chan struct{} // capacity 1: a poke after every change
+}
+
+// announce sends ADD_PROVIDER for key to the k closest peers, optimistically
+// (see above), and returns once enough were written.
+func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) error {
+	k := d.cfg.bucketSize
+	// The sends outlive Provide's return, so they run on a context of their
+	// own: cancelled by the caller only until Provide returns, by Close
+	// always.
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	unlinkCaller := context.AfterFunc(ctx, cancel)
+	defer unlinkCaller()
+	r := &provideRun{
+		d:         d,
+		ctx:       rctx,
+		target:    kbucket.KeyForBytes(key),
+		msg:       d.addProviderMsg(key, addrs),
+		k:         k,
+		near:      nearThreshold(kbucket.PeerKey(d.self), d.rt.nearest(kbucket.PeerKey(d.self), k), k),
+		attempted: make(map[peer.ID]bool),
+		changed:   make(chan struct{}, 1),
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		stopLife := context.AfterFunc(d.ctx, cancel)
+		defer stopLife()
+		defer cancel()
+		r.run(key)
+	}()
+
+	returnAfter := (provideReturnNum*k + provideReturnDen - 1) / provideReturnDen
+	for {
+		r.mu.Lock()
+		written, reached, pending, done, lerr := r.written, r.reached, r.pending, r.done, r.lookupErr
+		r.mu.Unlock()
+		if written >= returnAfter {
+			return nil
+		}
+		if done && pending == 0 {
+			if reached > 0 {
+				return nil
+			}
+			if lerr != nil {
+				return fmt.Errorf("%w: %w", ErrNoPeerReached, lerr)
+			}
+			return ErrNoPeerReached
+		}
+		select {
+		case <-r.changed:
+		case <-ctx.Done():
+			cancel()
+			return fmt.Errorf("%w (%d sends written)", ctx.Err(), written)
+		}
+	}
+}
+
+// addProviderMsg announces us, at addrs, as a provider of key.
+func (d *DHT) addProviderMsg(key []byte, addrs []ma.Multiaddr) *pb.Message {
+	return &pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{d.encodePeer(d.self, addrs)}}
+}
+
+// run drives the lookup, sends to its final k closest and waits for every
+// send; it runs on its own goroutine.
+func (r *provideRun) run(key []byte) {
+	d := r.d
+	for _, p := range d.rt.nearest(r.target, r.k) {
+		if r.isNear(p) {
+			r.send(p)
+		}
+	}
+	res, err := d.runLookupWith(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		closer, err := d.findNode(ctx, p, key)
+		return closer, false, err
+	}, r.onProgress)
+	if res != nil && r.ctx.Err() == nil {
+		for _, p := range res.closest {
+			if !r.attempted[p] {
+				r.send(p)
+			}
+		}
+	}
+	if err == nil {
+		d.touchBucket(r.target)
+	}
+	r.mu.Lock()
+	r.done, r.lookupErr = true, err
+	r.mu.Unlock()
+	r.poke()
+	r.sends.Wait()
+	r.mu.Lock()
+	written, reached := r.written, r.reached
+	r.mu.Unlock()
+	d.log.Debug("provide finished", "key", r.target, "attempted", len(r.attempted), "written", written, "reached", reached, "err", err)
+}
+
+// onProgress is the lookup hook: it sends to the peers now likely among
+// the k closest.
+func (r *provideRun) onProgress(l *lookup.Lookup) {
+	cands := l.Closest(r.k)
+	if !r.converged {
+		beta := min(r.d.cfg.resiliency, len(cands))
+		conv := beta > 0
+		for _, p := range cands[:beta] {
+			if l.State(p) != lookup.Succeeded {
+				conv = false
+				break
+			}
+		}
+		r.converged = conv
+	}
+	for _, p := range cands {
+		if !r.attempted[p] && (r.converged || r.isNear(p)) {
+			r.send(p)
+		}
+	}
+}
+
+func (r *provideRun) isNear(p peer.ID) bool {
+	return normDistance(kbucket.PeerKey(p).Xor(r.target)) < r.near
+}
+
+func (r *provideRun) poke() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// send starts one ADD_PROVIDER to p.
+func (r *provideRun) send(p peer.ID) {
+	r.attempted[p] = true
+	r.mu.Lock()
+	r.pending++
+	r.mu.Unlock()
+	r.sends.Add(1)
+	r.d.wg.Add(1)
+	go func() {
+		defer r.d.wg.Done()
+		defer r.sends.Done()
+		err := r.d.sendOneWay(r.ctx, p, r.msg, func() {
+			r.mu.Lock()
+			r.written++
+			r.mu.Unlock()
+			r.poke()
+		})
+		if err != nil {
+			r.d.log.Debug("ADD_PROVIDER not delivered", "peer", p, "err", err)
+		}
+		r.mu.Lock()
+		r.pending--
+		if err == nil {
+			r.reached++
+		}
+		r.mu.Unlock()
+		r.poke()
+	}()
+}
+
+// sendOneWay delivers a message that gets no answer (ADD_PROVIDER) on a
+// stream of its own, calling written once it is written. It then waits,
+// at most the request timeout, for the peer to close its side: a go or
+// kad peer closes after handling the message and resets the stream if it
+// refused it, but a js peer resets it either way, so a reset after the
+// write counts as delivered. That wait is what tells a lost message (a
+// dial or protocol negotiation that fails) from a delivered one: a write
+// into a stream the peer has reset can still report success (mocknet
+// always does, and so does a lazily negotiated stream to a peer without
+// the protocol), which is also why a fresh stream is used rather than a
+// pooled one. A peer that neither closes nor resets in time counts as
+// reached.
+func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msg *pb.Message, written func()) (err error) {
+	start := time.Now()
+	defer func() { d.observeOutbound(msg.Type, start, err) }()
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	defer cancel()
+	s, err := d.h.NewStream(ctx, p, d.protocol)
+	if err != nil {
+		return fmt.Errorf("open stream to %s: %w", p, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	if err := wire.WriteMsg(s, msg); err != nil {
+		_ = s.Reset()
+		return fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
+	}
+	if err := s.CloseWrite(); err != nil {
+		_ = s.Reset()
+		return fmt.Errorf("close write to %s: %w", p, ctxErr(ctx, err))
+	}
+	written()
+	var b [1]byte
+	_, err = io.ReadFull(s, b[:])
+	switch {
+	case errors.Is(err, io.EOF):
+		_ = s.Close()
+		return nil
+	case err == nil:
+		// An answer nobody asked for: the message got there all the same.
+		_ = s.Reset()
+		return nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		_ = s.Reset()
+		return nil
+	case errors.Is(err, network.ErrReset) && ctx.Err() == nil:
+		// js-libp2p's kad-dht resets every inbound stream once the sender
+		// half-closes it, whether it stored the record or not: after the
+		// whole message was written, that reset is all a js peer ever says.
+		_ = s.Reset()
+		return nil
+	default:
+		_ = s.Reset()
+		return fmt.Errorf("%s refused the message: %w", p, ctxErr(ctx, err))
+	}
+}
+
+// nearThreshold is the expected normalized distance from a key to its k-th
+// closest peer, k/(N+1), with the network size N estimated from the
+// distances of our own closest peers (nearest, closest first): with N
+// peers spread uniformly, the i-th closest is at about i/(N+1), so a
+// least-squares fit through them gives 1/(N+1). With fewer than k peers
+// known the network may be smaller than k, and every peer is near.
+func nearThreshold(self kbucket.ID, nearest []peer.ID, k int) float64 {
+	if len(nearest) < k || k < 1 {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for i, p := range nearest[:k] {
+		x := normDistance(kbucket.PeerKey(p).Xor(self))
+		num += float64(i+1) * x
+		den += float64((i + 1) * (i + 1))
+	}
+	return float64(k) * num / den
+}
+
+// normDistance maps a distance to [0, 1): its fraction of the keyspace,
+// to 64 bits of precision, which is plenty for any real network.
+func normDistance(x kbucket.ID) float64 {
+	return float64(binary.BigEndian.Uint64(x[:8])) / (1 << 64)
+}

@@ -1,0 +1,101 @@
+package kad
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/require"
+)
+
+// TestSoakChurn runs 50 nodes while 10 % of them leave and new ones join
+// every round, and checks that tables stay live and that goroutines and
+// heap stay flat. KAD_SOAK_ROUNDS makes it longer (default 8 rounds).
+func TestSoakChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak: runs in the full (non-race) pass of scripts/test")
+	}
+	rounds := 8
+	if v := os.Getenv("KAD_SOAK_ROUNDS"); v != "" {
+		var n int
+		for _, c := range v {
+			n = n*10 + int(c-'0')
+		}
+		rounds = n
+	}
+	const n, churn = 50, 5
+	interval := 500 * time.Millisecond
+	opts := []Option{RefreshInterval(interval), RequestTimeout(2 * time.Second)}
+	tn := newTestNet(t, n, 12, opts...)
+	r := rand.New(rand.NewPCG(13, 0))
+	alive := map[peer.ID]bool{}
+	live := make([]int, 0, n)
+	for i, d := range tn.nodes {
+		alive[d.self] = true
+		live = append(live, i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	liveness := func() float64 {
+		var in, ok int
+		for _, i := range live {
+			for _, p := range tn.nodes[i].RoutingTable().ListPeers() {
+				in++
+				if alive[p] {
+					ok++
+				}
+			}
+		}
+		return float64(ok) / float64(max(in, 1))
+	}
+	usage := func() (int, uint64) {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.HeapAlloc
+	}
+	var g0 int
+	var h0 uint64
+	for round := 0; round < rounds; round++ {
+		// churn: 10 % leave abruptly...
+		for j := 0; j < churn; j++ {
+			k := r.IntN(len(live))
+			i := live[k]
+			live = append(live[:k], live[k+1:]...)
+			alive[tn.nodes[i].self] = false
+			tn.kill(t, i)
+		}
+		// ...and as many join through a random live node.
+		for j := 0; j < churn; j++ {
+			h, err := tn.mn.GenPeer()
+			require.NoError(t, err)
+			require.NoError(t, tn.mn.LinkAll())
+			b := tn.nodes[live[r.IntN(len(live))]]
+			d, err := New(ctx, h, append([]Option{Mode(ModeServer), BootstrapPeers(peer.AddrInfo{ID: b.self, Addrs: b.h.Addrs()})}, opts...)...)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = d.Close() })
+			require.NoError(t, d.Bootstrap(ctx))
+			tn.nodes = append(tn.nodes, d)
+			live = append(live, len(tn.nodes)-1)
+			alive[d.self] = true
+		}
+		// Two refresh intervals let liveness checks and lookups evict the dead.
+		time.Sleep(3 * interval)
+		lv := liveness()
+		g, h := usage()
+		if round == 1 {
+			g0, h0 = g, h
+		}
+		t.Logf("round %d: live nodes %d, table liveness %.3f, goroutines %d, heap %.1f MiB", round, len(live), lv, g, float64(h)/(1<<20))
+		require.GreaterOrEqual(t, lv, 0.9, "round %d", round)
+	}
+	g, h := usage()
+	t.Logf("goroutines %d -> %d, heap %.1f -> %.1f MiB", g0, g, float64(h0)/(1<<20), float64(h)/(1<<20))
+	require.Less(t, float64(g), 1.25*float64(g0), "goroutines flat")
+	require.Less(t, float64(h), 2*float64(h0), "heap flat (mocknet buffers make single readings noisy)")
+}
