@@ -90,7 +90,7 @@ func runWorkload(t *testing.T, w workload, from []*DHT, all []peer.ID, honest ma
 			if err != nil {
 				return
 			}
-			rc := recall(got, honestClosest(all, honest, k, d.cfg.bucketSize, d.self))
+			rc := honestRecall(got, honestClosest(all, honest, k, d.cfg.bucketSize, d.self))
 			res.recall += rc
 			if rc == 1 {
 				res.closestOK++
@@ -118,6 +118,15 @@ func honestClosest(all []peer.ID, honest map[peer.ID]bool, key string, k int, se
 		}
 	}
 	return out
+}
+
+// honestRecall is recall, counting a lookup with no honest peer to find
+// as a full success.
+func honestRecall(got, want []peer.ID) float64 {
+	if len(want) == 0 {
+		return 1
+	}
+	return recall(got, want)
 }
 
 func setOf(ps []peer.ID) map[peer.ID]bool {
@@ -279,7 +288,7 @@ func TestAdversarialFlood(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "streams past the per-peer limit refused", func() bool {
 		st := victim.limiter.stats()
-		return st.open == perPeer && st.rejectedStreams-rejectedBefore == int64(streamsHeld-perPeer)
+		return st.open >= perPeer && st.rejectedStreams-rejectedBefore == int64(streamsHeld-perPeer)
 	})
 	_, err = honest.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("held")})
 	require.NoError(t, err, "the honest peer is served while the attacker holds its streams")
@@ -288,8 +297,8 @@ func TestAdversarialFlood(t *testing.T) {
 	st := victim.limiter.stats()
 	t.Logf("flood: %.0f requests/s sent for %v on %d concurrent streams: %d answered, %d refused by the rate limit",
 		rate, floodFor, workers, answered.Load(), refused.Load())
-	t.Logf("flood: then %d streams held open: %d admitted, %d refused; heap %.1f MiB before, %.1f MiB after; goroutines %d before, %d after",
-		streamsHeld, st.open, st.rejectedStreams-rejectedBefore, float64(heapBefore)/(1<<20), float64(heapAfter)/(1<<20), goroutinesBefore, runtime.NumGoroutine())
+	t.Logf("flood: then %d streams held open: %d admitted (%d open in all), %d refused; heap %.1f MiB before, %.1f MiB after; goroutines %d before, %d after",
+		streamsHeld, streamsHeld-int(st.rejectedStreams-rejectedBefore), st.open, st.rejectedStreams-rejectedBefore, float64(heapBefore)/(1<<20), float64(heapAfter)/(1<<20), goroutinesBefore, runtime.NumGoroutine())
 	t.Logf("flood: honest peer served %d/%d during the flood, slowest %v", honestOK, honestAsked, slowest.Round(time.Millisecond))
 	require.Equal(t, honestAsked, honestOK, "the honest peer is always served")
 	require.Greater(t, refused.Load(), answered.Load()/2, "the rate limit refused much of the flood")

@@ -304,6 +304,13 @@ func (d *DHT) consider(p peer.ID) {
 	if p == d.self || d.closed.Load() || d.rt.Find(p) || !d.supportsDHT(p) {
 		return
 	}
+	// A probe costs the peer a request: spend it only when the peer could
+	// take a bucket slot. Peers of full buckets still enter the table when
+	// they answer one of our lookups, and full buckets are kept live by
+	// the liveness checks.
+	if !d.rt.hasRoom(p) {
+		return
+	}
 	if _, busy := d.verifying.LoadOrStore(p, struct{}{}); busy {
 		return
 	}

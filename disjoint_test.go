@@ -46,19 +46,24 @@ func envInt(name string, def int) int {
 	return def
 }
 
-// S/Kademlia disjoint paths against an eclipse attack: with 20 % of the
-// nodes malicious, lookups split into disjoint paths return the true
-// closest honest peers far more often than single-path lookups.
+// S/Kademlia disjoint paths against an eclipse attack: 20 % of the nodes
+// are malicious, list only each other, and answer at once while honest
+// peers take a 20 ms round trip, so a single path that meets one fills its
+// window with attackers that all answered and stops there. Lookups split
+// into disjoint paths return the true closest honest peers far more often.
+// The network is small, so k is small to give lookups several hops: with
+// Amino's k = 20 a lookup here sees most of the network and a single path
+// is rarely eclipsed. KAD_DISJOINT_* change the parameters.
 func TestDisjointPathsResistEclipse(t *testing.T) {
 	if testing.Short() {
-		t.Skip("100-node network")
+		t.Skip("200-node network")
 	}
 	var (
-		n        = envInt("KAD_DISJOINT_N", 100)
+		n        = envInt("KAD_DISJOINT_N", 200)
 		k        = envInt("KAD_DISJOINT_K", 8)
-		alpha    = envInt("KAD_DISJOINT_ALPHA", 3)
-		paths    = envInt("KAD_DISJOINT_D", 3)
-		lookups  = envInt("KAD_DISJOINT_LOOKUPS", 60)
+		alpha    = envInt("KAD_DISJOINT_ALPHA", 6)
+		paths    = envInt("KAD_DISJOINT_D", 6)
+		lookups  = envInt("KAD_DISJOINT_LOOKUPS", 80)
 		nBad     = n / 5
 		seed     = uint64(envInt("KAD_DISJOINT_SEED", 140))
 		opts     = []Option{BucketSize(k), Resiliency(min(3, k)), Concurrency(alpha), RandomWalk(false), RequestTimeout(2 * time.Second)}
@@ -94,7 +99,7 @@ func TestDisjointPathsResistEclipse(t *testing.T) {
 			got, err := d.GetClosestPeers(ctx, key)
 			require.NoError(t, err)
 			requests[dp] += d.Stats().LookupRequests - before
-			rc := recall(got, want)
+			rc := honestRecall(got, want)
 			recalls[dp] += rc
 			if rc == 1 {
 				hits[dp]++
@@ -109,5 +114,8 @@ func TestDisjointPathsResistEclipse(t *testing.T) {
 		t.Logf("n=%d (%d malicious) k=%d alpha=%d, %d disjoint path(s): all true closest honest peers found in %d/%d lookups (%.0f%%), the closest one in %d/%d, mean recall %.3f, %.1f requests/lookup",
 			n, nBad, k, alpha, dp, hits[dp], lookups, 100*rate(dp), firsts[dp], lookups, recalls[dp]/float64(lookups), float64(requests[dp])/float64(lookups))
 	}
-	require.Greater(t, rate(paths), rate(1), "disjoint paths do better")
+	meanRecall := func(dp int) float64 { return recalls[dp] / float64(lookups) }
+	require.GreaterOrEqual(t, firsts[paths], firsts[1]+lookups/16, "the closest honest peer is found far more often")
+	require.GreaterOrEqual(t, meanRecall(paths), meanRecall(1)+0.08, "and more of the closest honest peers")
+	require.GreaterOrEqual(t, hits[paths], hits[1])
 }

@@ -12,9 +12,10 @@ import (
 	"github.com/kadlib/kad/internal/pb"
 )
 
-// serviceName is the resource manager service inbound kad streams are
-// charged to, so operators can give the DHT its own limits.
-const serviceName = "libp2p.kad"
+// ServiceName is the go-libp2p resource manager service that inbound DHT
+// streams, and the memory of their read buffers, are charged to: give it
+// limits of its own with rcmgr's AddServiceLimit and AddServicePeerLimit.
+const ServiceName = "libp2p.kad"
 
 // errLimited rejects a stream or a request over one of the server's limits.
 var errLimited = errors.New("kad: over limit")
@@ -163,7 +164,7 @@ func (d *DHT) admitStream(s network.Stream, from peer.ID) (release func(), err e
 		return nil, err
 	}
 	release = func() { d.limiter.closeStream(from) }
-	if err := s.Scope().SetService(serviceName); err != nil {
+	if err := s.Scope().SetService(ServiceName); err != nil {
 		release()
 		return nil, fmt.Errorf("kad: resource manager: %w", err)
 	}

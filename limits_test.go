@@ -292,7 +292,7 @@ func TestResponseLimits(t *testing.T) {
 func TestResourceManagerScopes(t *testing.T) {
 	limits := rcmgr.DefaultLimits
 	limits.ServiceLimits = maps.Clone(limits.ServiceLimits) // never the package's map
-	limits.AddServiceLimit(serviceName, rcmgr.BaseLimit{Streams: 64, StreamsInbound: 64, StreamsOutbound: 64, Memory: 256 << 10}, rcmgr.BaseLimitIncrease{})
+	limits.AddServiceLimit(ServiceName, rcmgr.BaseLimit{Streams: 64, StreamsInbound: 64, StreamsOutbound: 64, Memory: 256 << 10}, rcmgr.BaseLimitIncrease{})
 	mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 	require.NoError(t, err)
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.ResourceManager(mgr))
@@ -311,7 +311,7 @@ func TestResourceManagerScopes(t *testing.T) {
 	_, err = c.ask(&pb.Message{Type: pb.FindNode, Key: []byte("k")})
 	require.NoError(t, err)
 	var inbound int
-	require.NoError(t, mgr.ViewService(serviceName, func(s network.ServiceScope) error {
+	require.NoError(t, mgr.ViewService(ServiceName, func(s network.ServiceScope) error {
 		inbound = s.Stat().NumStreamsInbound
 		return nil
 	}))

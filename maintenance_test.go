@@ -2,6 +2,7 @@ package kad
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -78,7 +79,11 @@ func TestDeadPeerReplacedByCandidate(t *testing.T) {
 	var dead, candidate peer.ID
 	// Admission checks run in the background: wait for a full bucket with
 	// a candidate waiting in its cache.
+	i := 0
 	waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
+		// Peers that answer a lookup are admitted, or wait in the cache.
+		i++
+		_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
 		a.rt.withTable(func(tb *kbucket.Table) {
 			for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
 				if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {

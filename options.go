@@ -79,6 +79,7 @@ type config struct {
 	tracerProvider  trace.TracerProvider
 	ext             extConfig
 	limits          limitsConfig
+	reprovide       reprovideConfig
 }
 
 func defaults() config {
@@ -97,6 +98,7 @@ func defaults() config {
 		randomWalk:      true,
 		ext:             defaultExt(),
 		limits:          defaultLimitsConfig(),
+		reprovide:       defaultReprovideConfig(),
 	}
 }
 
@@ -150,6 +152,7 @@ func (c *config) validate() error {
 	}
 	errs = append(errs, c.ext.validate(c)...)
 	errs = append(errs, c.limits.validate()...)
+	errs = append(errs, c.reprovide.validate(c)...)
 	return errors.Join(errs...)
 }
 

@@ -77,6 +77,7 @@ func (d *DHT) initExt() error {
 func (d *DHT) startExt() {
 	d.startValues()
 	d.startProviders()
+	d.startReprovider()
 }
 
 func (d *DHT) closeExt() error {

@@ -20,8 +20,8 @@ func defaultLimitsConfig() limitsConfig {
 	return limitsConfig{
 		streamsTotal:   4096,
 		streamsPerPeer: 32,
-		peerRate:       100,
-		peerBurst:      200,
+		peerRate:       200,
+		peerBurst:      1000,
 		maxKeySize:     1024,
 		provsPerResp:   20,
 	}
@@ -80,9 +80,9 @@ func MaxInboundStreamsPerPeer(n int) Option {
 // over the limit gets its stream reset, unanswered. The bucket outlives
 // the peer's streams until it is full again, so opening a fresh stream
 // per request does not get around it. rate 0 turns the limit off.
-// Default 100 per second, bursts of 200: far above what lookups and
-// (re)provides of one peer need, far below what one peer could make us
-// spend.
+// Default 200 per second, bursts of 1000: a lookup asks a peer once, but a
+// reprovide sweep sends one peer hundreds of ADD_PROVIDERs at once; one
+// peer flooding still gets at most a few hundred answers a second.
 func PeerRequestRate(rate float64, burst int) Option {
 	return func(c *config) error {
 		c.limits.peerRate = rate

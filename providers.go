@@ -159,7 +159,9 @@ func checkProviderKey(key []byte) error {
 // lookup and the sends to the final k closest finish in the background,
 // owned by the DHT. It fails with ErrNoPeerReached if no peer could be
 // reached.
-func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) error {
+func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error) {
+	ctx, span := d.startSpan(ctx, "Provide")
+	defer func() { endSpan(span, err) }()
 	if d.closed.Load() {
 		return ErrClosed
 	}
@@ -194,7 +196,9 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) error {
 // FindProviders returns up to count providers of c (count 0: all that the
 // lookup finds), local ones first. It ends the lookup as soon as count are
 // found. An error is returned only when nothing was found.
-func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) ([]peer.AddrInfo, error) {
+func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) (_ []peer.AddrInfo, err error) {
+	ctx, span := d.startSpan(ctx, "FindProviders")
+	defer func() { endSpan(span, err) }()
 	key, err := d.checkFind(c, count)
 	if err != nil {
 		return nil, fmt.Errorf("kad: find providers: %w", err)

@@ -297,7 +297,9 @@ func quorumOf(o *routing.Options) int {
 // how many) and fails with ErrNotStored when none did. With
 // routing.Offline it only stores locally. If the local store holds a
 // record the validator prefers, it fails with *record.ErrBetterRecord.
-func (d *DHT) PutValue(ctx context.Context, key string, value []byte, opts ...routing.Option) error {
+func (d *DHT) PutValue(ctx context.Context, key string, value []byte, opts ...routing.Option) (err error) {
+	ctx, span := d.startSpan(ctx, "PutValue")
+	defer func() { endSpan(span, err) }()
 	o, err := d.valueOptions("put value", key, opts)
 	if err != nil {
 		return err
@@ -387,7 +389,9 @@ func (d *DHT) putToPeer(ctx context.Context, p peer.ID, key string, value []byte
 // with an older value or none are sent the best one in the background
 // (repair). With routing.Offline only the local store is read. A key
 // nobody holds gives an error wrapping routing.ErrNotFound.
-func (d *DHT) GetValue(ctx context.Context, key string, opts ...routing.Option) ([]byte, error) {
+func (d *DHT) GetValue(ctx context.Context, key string, opts ...routing.Option) (_ []byte, err error) {
+	ctx, span := d.startSpan(ctx, "GetValue")
+	defer func() { endSpan(span, err) }()
 	o, err := d.valueOptions("get value", key, opts)
 	if err != nil {
 		return nil, err

@@ -63,6 +63,13 @@ func (rt *RoutingTable) Find(p peer.ID) bool {
 	return rt.t.Find(p)
 }
 
+// hasRoom reports whether p's bucket has a free slot.
+func (rt *RoutingTable) hasRoom(p peer.ID) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.t.BucketSize(rt.t.BucketFor(kbucket.PeerKey(p))) < rt.t.K()
+}
+
 // add admits a peer known to be a live DHT server.
 func (rt *RoutingTable) add(p peer.ID, now time.Time) kbucket.Outcome {
 	g := ""

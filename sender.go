@@ -200,8 +200,11 @@ func (s *sender) send(ctx context.Context, p peer.ID, msg *pb.Message) error {
 		if dl, ok := ctx.Deadline(); ok {
 			_ = os.s.SetWriteDeadline(dl)
 		}
+		// Not every transport honours deadlines (mocknet does not): a
+		// write blocked past ctx is ended by resetting the stream.
+		stop := context.AfterFunc(ctx, func() { _ = os.s.Reset() })
 		err := wire.WriteMsg(os.s, msg)
-		if err == nil {
+		if stop() && err == nil {
 			_ = os.s.SetWriteDeadline(time.Time{})
 			s.put(p, os)
 			return nil

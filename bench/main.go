@@ -52,6 +52,7 @@ func parse(args []string) (*options, error) {
 	par := fs.Int("par", 4, "operations in flight at once (never two on one node)")
 	churn := fs.Float64("churn", 0.3, "fraction of nodes stopped abruptly before the churn phases; 0 to skip")
 	seed := fs.Uint64("seed", 1, "seed of identities, latencies, joins and operations")
+	idle := fs.Duration("idle", 0, "also measure heap and goroutines after the network sat unused this long (e.g. 65s, past kad's idle stream timeouts)")
 	refresh := fs.Duration("refresh", time.Hour, "periodic routing table refresh interval for both implementations (0: their default, 10 min); setup refreshes explicitly, and a longer period keeps background upkeep out of the measured phases")
 	opTime := fs.Duration("op-timeout", time.Minute, "deadline of one operation")
 	out := fs.String("out", "results", "directory for the .md, .json, .svg and .png files")
@@ -104,7 +105,7 @@ func parse(args []string) (*options, error) {
 	if *quiet {
 		level = slog.LevelWarn
 	}
-	o.p = Params{N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh,
+	o.p = Params{N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh, Idle: *idle,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if o.tag == "" {
 		ln := "lat" + *lat

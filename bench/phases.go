@@ -31,6 +31,9 @@ type Params struct {
 	Seed    uint64
 	Latency Latency
 	OpTime  time.Duration // deadline of one operation
+	// Idle, if positive, is how long the network sits unused after setup
+	// before heap and goroutines are measured again.
+	Idle time.Duration
 	// Refresh is the periodic table refresh interval given to both
 	// implementations (0: their default, 10 min).
 	Refresh time.Duration
@@ -73,13 +76,17 @@ type ImplResult struct {
 	// Heap and goroutines per node after setup, for the DHT (after minus
 	// the same hosts and links without DHTs) and for the whole node
 	// (mocknet host included).
-	HeapPerNodeMiB        float64    `json:"heap_per_node_mib"`
-	HeapPerNodeTotalMiB   float64    `json:"heap_per_node_total_mib"`
-	GoroutinesPerNode     float64    `json:"goroutines_per_node"`
-	GoroutinesTotalPerNod float64    `json:"goroutines_per_node_total"`
-	LoadAvg               [2]string  `json:"loadavg"` // before and after this implementation ran
-	Phases                []*OpStats `json:"phases"`
-	Error                 string     `json:"error,omitempty"`
+	HeapPerNodeMiB        float64 `json:"heap_per_node_mib"`
+	HeapPerNodeTotalMiB   float64 `json:"heap_per_node_total_mib"`
+	GoroutinesPerNode     float64 `json:"goroutines_per_node"`
+	GoroutinesTotalPerNod float64 `json:"goroutines_per_node_total"`
+	// The same per-node figures (DHT share) after Params.Idle without
+	// any operation, when idle streams have been closed.
+	HeapIdleMiB    float64    `json:"heap_per_node_idle_mib,omitempty"`
+	GoroutinesIdle float64    `json:"goroutines_per_node_idle,omitempty"`
+	LoadAvg        [2]string  `json:"loadavg"` // before and after this implementation ran
+	Phases         []*OpStats `json:"phases"`
+	Error          string     `json:"error,omitempty"`
 }
 
 func (r *ImplResult) phase(name string) *OpStats {
@@ -365,6 +372,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	log.Info("setup done", "seconds", res.SetupSeconds, "heap_mib_per_node", res.HeapPerNodeMiB,
 		"goroutines_per_node", res.GoroutinesPerNode)
 
+	if p.Idle > 0 {
+		time.Sleep(p.Idle)
+		heap3, gr3 := memSnapshot()
+		res.HeapIdleMiB = (float64(heap3) - float64(heap1)) / n / mib
+		res.GoroutinesIdle = float64(gr3-gr1) / n
+		log.Info("after idle", "heap_mib_per_node", res.HeapIdleMiB, "goroutines_per_node", res.GoroutinesIdle)
+	}
 	rn := &runner{p: p, tn: tn, locks: make([]sync.Mutex, p.N)}
 	add := func(sts ...*OpStats) {
 		for _, st := range sts {

@@ -6,12 +6,13 @@ import (
 	"github.com/kadlib/kad/sim"
 )
 
-// A small network finds every true closest peer, in a few hops.
+// A small network, looked up from random nodes: every lookup finds the
+// true 20 closest peers.
 func ExampleRun() {
 	res, err := sim.Run(sim.Config{N: 200, Seed: 1, Lookups: 20})
 	if err != nil {
 		panic(err)
 	}
-	fmt.Printf("recall %.2f, at most %d hops\n", res.Lookup.Recall, res.Lookup.HopsMax)
-	// Output: recall 1.00, at most 3 hops
+	fmt.Printf("recall %.2f in %d lookups\n", res.Lookup.Recall, res.Lookup.Lookups)
+	// Output: recall 1.00 in 20 lookups
 }

@@ -32,9 +32,3 @@ func (c *candidates) remove(e *entry) {
 		c.items = slices.Delete(c.items, i, i+1)
 	}
 }
-
-// contains reports whether e is in the list.
-func (c *candidates) contains(e *entry) bool {
-	i, ok := c.search(e.key)
-	return ok && c.items[i] == e
-}

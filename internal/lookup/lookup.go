@@ -197,8 +197,17 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		// farther peer cannot improve the result and wastes a request.
 		settled := true
 		window := p.cands.items[:min(l.cfg.K, len(p.cands.items))]
-		for _, e := range window {
-			if e.state == Heard && p.inFlight < p.budget {
+		// Until the Beta closest have answered, the lookup is still
+		// converging: only the closest few candidates are worth asking,
+		// since any answer may bring closer peers that make farther ones
+		// useless. Once they have answered, the rest of the K closest are
+		// asked so that every result has answered (no dead peer in it).
+		eligible := len(window)
+		if !p.converged(l.cfg.Beta) {
+			eligible = min(eligible, p.budget+l.cfg.Beta)
+		}
+		for i, e := range window {
+			if i < eligible && e.state == Heard && p.inFlight < p.budget {
 				e.state = Waiting
 				p.inFlight++
 				l.stats.Requests++
@@ -219,6 +228,18 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 	}
 	l.done = allDone
 	return send, allDone
+}
+
+// converged reports whether the beta closest non-failed candidates of the
+// path have all answered.
+func (p *path) converged(beta int) bool {
+	n := min(beta, len(p.cands.items))
+	for _, e := range p.cands.items[:n] {
+		if e.state != Succeeded {
+			return false
+		}
+	}
+	return true
 }
 
 // waiting returns the entry for an answer the lookup is expecting, or nil

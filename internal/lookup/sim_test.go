@@ -183,11 +183,7 @@ type runTrace struct {
 	asked    []peer.ID
 	steps    int
 	lookup   *Lookup
-	// learnedBy is, for each peer, the paths that may query it, tracked
-	// independently: the path its seed was dealt to, and the paths whose
-	// answers named it.
-	learnedBy map[peer.ID]map[int]bool
-	queriedBy map[peer.ID]int
+	wantPath map[peer.ID]int // path each peer should belong to, tracked independently
 }
 
 // run drives one lookup from node self to completion over the network,
@@ -204,10 +200,9 @@ func (s *simNet) run(t testing.TB, r *rand.Rand, self int, target kbucket.ID, cf
 		slices.SortFunc(sorted, func(a, b peer.ID) int {
 			return kbucket.CompareDistance(kbucket.PeerKey(a), kbucket.PeerKey(b), target)
 		})
-		tr.learnedBy = make(map[peer.ID]map[int]bool)
-		tr.queriedBy = make(map[peer.ID]int)
+		tr.wantPath = make(map[peer.ID]int)
 		for i, p := range sorted {
-			tr.learnedBy[p] = map[int]bool{i % norm.Disjoint: true}
+			tr.wantPath[p] = i % norm.Disjoint
 		}
 	}
 	asked := make(map[peer.ID]bool)
@@ -220,9 +215,7 @@ func (s *simNet) run(t testing.TB, r *rand.Rand, self int, target kbucket.ID, cf
 				require.NotEqual(t, s.ids[self], p, "asked self")
 				require.False(t, asked[p], "asked %v twice", p)
 				require.Equal(t, Waiting, l.State(p))
-				q := l.peers[p].path
-				require.True(t, tr.learnedBy[p][q], "peer queried by path %d, which never learned it", q)
-				tr.queriedBy[p] = q
+				require.Equal(t, tr.wantPath[p], l.peers[p].path, "peer queried by another path than the one that learned it")
 			}
 		}
 		for _, p := range send {
@@ -235,7 +228,7 @@ func (s *simNet) run(t testing.TB, r *rand.Rand, self int, target kbucket.ID, cf
 			require.LessOrEqual(t, l.InFlight(), norm.Alpha)
 			perPath := make([]int, norm.Disjoint)
 			for _, p := range pending {
-				perPath[tr.queriedBy[p]]++
+				perPath[tr.wantPath[p]]++
 			}
 			for i, n := range perPath {
 				require.LessOrEqual(t, n, l.paths[i].budget)
@@ -265,10 +258,9 @@ func (s *simNet) run(t testing.TB, r *rand.Rand, self int, target kbucket.ID, cf
 		closer := s.answer(i, target)
 		if t != nil {
 			for _, c := range closer {
-				if tr.learnedBy[c] == nil {
-					tr.learnedBy[c] = make(map[int]bool)
+				if _, ok := tr.wantPath[c]; !ok && c != s.ids[self] {
+					tr.wantPath[c] = tr.wantPath[p]
 				}
-				tr.learnedBy[c][tr.queriedBy[p]] = true
 			}
 		}
 		l.OnSuccess(p, closer)

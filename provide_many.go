@@ -1,0 +1,407 @@
+package kad
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
+	"github.com/kadlib/kad/internal/providers"
+	"github.com/kadlib/kad/internal/wire"
+)
+
+// Providing many keys. One Provide per key pays a whole lookup for each,
+// though keys that sit close together in the keyspace share their k
+// closest peers. ProvideMany sorts the keys by position and walks them:
+// the first key not yet placed gets a lookup, whose k closest peers form a
+// region; every following key whose k closest among all the peers learned
+// so far (computed locally, no network) are mostly that same set joins the
+// region. Each peer of the region then gets all the region's ADD_PROVIDER
+// messages, one after the other on one stream. Peers see nothing but
+// ordinary ADD_PROVIDER requests.
+
+const (
+	// provideManyBatch is how many keys ProvideManyChan gathers before
+	// placing them: more keys per batch share more lookups.
+	provideManyBatch = 16384
+	// provideManySends bounds the per-peer batch sends in flight.
+	provideManySends = 32
+	// provideManyPerStream bounds the messages written on one stream, so a
+	// stream the peer resets loses little and no peer's request budget is
+	// spent in one gulp.
+	provideManyPerStream = 500
+)
+
+// ProvideReport counts the work of a ProvideMany, ProvideManyChan or
+// reprovide pass.
+type ProvideReport struct {
+	Keys       int // distinct keys stored locally and announced
+	Lookups    int // lookups run: one per keyspace region
+	Messages   int // ADD_PROVIDER messages written to peers
+	Streams    int // streams opened for them
+	KeysMissed int // keys whose region reached no peer
+}
+
+func (r *ProvideReport) add(o ProvideReport) {
+	r.Keys += o.Keys
+	r.Lookups += o.Lookups
+	r.Messages += o.Messages
+	r.Streams += o.Streams
+	r.KeysMissed += o.KeysMissed
+}
+
+// provKey is a provider key with its keyspace position.
+type provKey struct {
+	mh  []byte
+	pos kbucket.ID
+}
+
+// ProvideMany announces that this node has the content of every key, like
+// Provide with announce for each, at a fraction of the cost: one lookup
+// per keyspace region of k peers rather than per key, and one stream per
+// peer and region (see ProvideManyReport). Every key is stored locally
+// first. It fails only if no announcement reached any peer, or with an
+// invalid CID (before anything is sent).
+func (d *DHT) ProvideMany(ctx context.Context, keys []cid.Cid) error {
+	_, err := d.ProvideManyReport(ctx, keys)
+	return err
+}
+
+// ProvideManyReport is ProvideMany, returning what it did: how many
+// lookups it needed and how many messages it sent.
+func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid) (ProvideReport, error) {
+	pks := make([]provKey, 0, len(keys))
+	for _, c := range keys {
+		mh, err := providerKey(c)
+		if err != nil {
+			return ProvideReport{}, fmt.Errorf("kad: provide many: %w", err)
+		}
+		pks = append(pks, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
+	}
+	return d.provideKeys(ctx, pks)
+}
+
+// ProvideManyChan is ProvideMany for sets too large to hold at once: it
+// reads keys until the channel closes, in batches of up to 16384, each
+// placed as by ProvideMany. An invalid CID is skipped and logged. It fails
+// if ctx ends or the DHT closes before the channel does (the keys of the
+// unfinished batch are dropped), or if no announcement of any batch
+// reached a peer; the report covers the batches done.
+func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (ProvideReport, error) {
+	var total ProvideReport
+	var lastErr error
+	batch := make([]provKey, 0, 1024)
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		rep, err := d.provideKeys(ctx, batch)
+		total.add(rep)
+		if err != nil {
+			lastErr = err
+		}
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return total, fmt.Errorf("kad: provide many: %w", ctx.Err())
+		case <-d.ctx.Done():
+			return total, ErrClosed
+		case c, ok := <-keys:
+			if !ok {
+				flush()
+				if total.Messages == 0 && lastErr != nil {
+					return total, lastErr
+				}
+				return total, nil
+			}
+			mh, err := providerKey(c)
+			if err != nil {
+				d.log.Debug("provide many: key skipped", "err", err)
+				continue
+			}
+			batch = append(batch, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
+			if len(batch) == provideManyBatch {
+				flush()
+			}
+		}
+	}
+}
+
+// provideKeys stores keys locally and announces them region by region.
+func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, error) {
+	var rep ProvideReport
+	if d.closed.Load() {
+		return rep, ErrClosed
+	}
+	store := d.ext.providers.store
+	if store == nil {
+		return rep, ErrProvidersDisabled
+	}
+	slices.SortFunc(keys, func(a, b provKey) int { return bytes.Compare(a.pos[:], b.pos[:]) })
+	keys = slices.CompactFunc(keys, func(a, b provKey) bool { return a.pos == b.pos })
+	rep.Keys = len(keys)
+	if len(keys) == 0 {
+		return rep, nil
+	}
+	addrs := d.h.Addrs()
+	self := peer.AddrInfo{ID: d.self, Addrs: addrs}
+	for _, k := range keys {
+		if err := store.AddProvider(ctx, k.mh, self); err != nil && !errors.Is(err, providers.ErrKeyFull) {
+			return rep, fmt.Errorf("kad: provide many: store locally: %w", err)
+		}
+	}
+	if len(addrs) == 0 {
+		return rep, errors.New("kad: provide many: the host has no addresses to announce")
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopLife := context.AfterFunc(d.ctx, cancel)
+	defer stopLife()
+
+	known := newKnownPeers(d.rt.ListPeers())
+	sem := make(chan struct{}, provideManySends)
+	var (
+		sends   sync.WaitGroup
+		mu      sync.Mutex
+		reached int // messages on streams the peer accepted
+	)
+	var lookupErr error
+	for i := 0; i < len(keys) && ctx.Err() == nil; {
+		target := keys[i]
+		res, err := d.runLookup(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+			closer, err := d.findNode(ctx, p, target.mh)
+			if err != nil {
+				known.remove(p)
+				return nil, false, err
+			}
+			known.addInfos(closer)
+			return closer, false, nil
+		})
+		rep.Lookups++
+		if err != nil || len(res.closest) == 0 {
+			if err == nil {
+				err = ErrNoPeerReached
+			}
+			lookupErr = err
+			rep.KeysMissed++
+			i++
+			if errors.Is(err, ErrNoPeers) || errors.Is(err, ErrClosed) {
+				rep.KeysMissed += len(keys) - i
+				break
+			}
+			continue
+		}
+		d.touchBucket(target.pos)
+		region := res.closest
+		known.add(region...)
+		j := i + 1
+		for j < len(keys) && covers(region, known.closest(keys[j].pos, len(region))) {
+			j++
+		}
+		batch := keys[i:j]
+		i = j
+		msgs := make([]*pb.Message, len(batch))
+		for n, pk := range batch {
+			msgs[n] = d.addProviderMsg(pk.mh, addrs)
+		}
+		for _, p := range region {
+			for start := 0; start < len(msgs); start += provideManyPerStream {
+				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+				}
+				if ctx.Err() != nil {
+					break
+				}
+				rep.Streams++
+				sends.Add(1)
+				d.wg.Add(1)
+				go func() {
+					defer d.wg.Done()
+					defer sends.Done()
+					defer func() { <-sem }()
+					n, err := d.sendMany(ctx, p, chunk)
+					mu.Lock()
+					rep.Messages += n
+					if err == nil {
+						reached += n
+					}
+					mu.Unlock()
+					if err != nil {
+						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
+					}
+				}()
+			}
+		}
+	}
+	sends.Wait()
+	d.log.Debug("provide many", "keys", rep.Keys, "lookups", rep.Lookups, "messages", rep.Messages, "streams", rep.Streams, "missed", rep.KeysMissed)
+	if reached > 0 {
+		return rep, nil
+	}
+	if err := ctx.Err(); err != nil {
+		if d.closed.Load() {
+			return rep, ErrClosed
+		}
+		return rep, fmt.Errorf("kad: provide many: %w", err)
+	}
+	if lookupErr != nil {
+		return rep, fmt.Errorf("kad: provide many: %w: %w", ErrNoPeerReached, lookupErr)
+	}
+	return rep, fmt.Errorf("kad: provide many: %w", ErrNoPeerReached)
+}
+
+// covers reports whether a key whose closest known peers are closest
+// belongs to the region: at most a tenth of its peers (rounded down) may
+// differ. Those few would also get the record from a per-key lookup; a
+// finder still meets the rest of the region, and the record's next
+// announcement lands on them.
+func covers(region, closest []peer.ID) bool {
+	if len(closest) < len(region) {
+		return false
+	}
+	in := 0
+	for _, p := range closest {
+		if slices.Contains(region, p) {
+			in++
+		}
+	}
+	return in >= len(region)-len(region)/10
+}
+
+// sendMany writes msgs, one-way, on one stream to p and returns how many
+// were written. Like sendOneWay it then waits for the peer to close its
+// side, which tells a delivered batch from a lost one; a reset after the
+// whole batch was written counts as delivered (js peers reset every
+// inbound stream once its writer closes).
+func (d *DHT) sendMany(ctx context.Context, p peer.ID, msgs []*pb.Message) (written int, err error) {
+	start := time.Now()
+	defer func() {
+		for i := 0; i < len(msgs); i++ {
+			var e error
+			if i >= written {
+				e = err
+			}
+			d.observeOutbound(pb.AddProvider, start, e)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	defer cancel()
+	s, err := d.h.NewStream(ctx, p, d.protocol)
+	if err != nil {
+		return 0, fmt.Errorf("open stream to %s: %w", p, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	for _, m := range msgs {
+		if err := wire.WriteMsg(s, m); err != nil {
+			_ = s.Reset()
+			return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
+		}
+		written++
+	}
+	if err := s.CloseWrite(); err != nil {
+		_ = s.Reset()
+		return written, fmt.Errorf("close write to %s: %w", p, ctxErr(ctx, err))
+	}
+	var b [1]byte
+	_, err = io.ReadFull(s, b[:])
+	switch {
+	case errors.Is(err, io.EOF), err == nil:
+		_ = s.Close()
+		return written, nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded),
+		errors.Is(err, network.ErrReset) && ctx.Err() == nil:
+		_ = s.Reset()
+		return written, nil
+	default:
+		_ = s.Reset()
+		return written, fmt.Errorf("%s refused the batch: %w", p, ctxErr(ctx, err))
+	}
+}
+
+// knownPeers are the peers a ProvideMany has learned of, with their
+// positions: the table's, and those lookups named, less those that failed.
+// Lookup queries add to it concurrently.
+type knownPeers struct {
+	mu   sync.Mutex
+	pos  map[peer.ID]kbucket.ID
+	gone map[peer.ID]bool
+}
+
+func newKnownPeers(ps []peer.ID) *knownPeers {
+	k := &knownPeers{pos: make(map[peer.ID]kbucket.ID, len(ps)), gone: make(map[peer.ID]bool)}
+	k.add(ps...)
+	return k
+}
+
+func (k *knownPeers) add(ps ...peer.ID) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range ps {
+		if _, ok := k.pos[p]; !ok && !k.gone[p] {
+			k.pos[p] = kbucket.PeerKey(p)
+		}
+	}
+}
+
+func (k *knownPeers) addInfos(ais []peer.AddrInfo) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, ai := range ais {
+		if _, ok := k.pos[ai.ID]; !ok && !k.gone[ai.ID] && len(ai.Addrs) > 0 {
+			k.pos[ai.ID] = kbucket.PeerKey(ai.ID)
+		}
+	}
+}
+
+func (k *knownPeers) remove(p peer.ID) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.pos, p)
+	k.gone[p] = true
+}
+
+// closest returns the n known peers closest to target, closest first.
+func (k *knownPeers) closest(target kbucket.ID, n int) []peer.ID {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	type cand struct {
+		p peer.ID
+		d kbucket.ID
+	}
+	best := make([]cand, 0, n+1)
+	for p, pos := range k.pos {
+		c := cand{p, pos.Xor(target)}
+		if len(best) == n && bytes.Compare(c.d[:], best[n-1].d[:]) >= 0 {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(best, c, func(a, b cand) int { return bytes.Compare(a.d[:], b.d[:]) })
+		best = slices.Insert(best, i, c)
+		if len(best) > n {
+			best = best[:n]
+		}
+	}
+	out := make([]peer.ID, len(best))
+	for i, c := range best {
+		out[i] = c.p
+	}
+	return out
+}
