@@ -159,10 +159,11 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(3)
+	d.wg.Add(2)
 	go d.eventLoop(sub)
 	go d.maintain()
-	go d.sweepStreams()
+	// Idle outbound streams past their TTL pin goroutines on both sides.
+	d.every(d.sender.idleTTL/2, func() { d.sender.sweep(time.Now()) })
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)
@@ -276,19 +277,23 @@ func (d *DHT) onReachability(r network.Reachability) {
 // to pin goroutines on both sides between bursts.
 const outboundIdleTTL = 5 * time.Second
 
-// sweepStreams closes idle outbound streams past their TTL.
-func (d *DHT) sweepStreams() {
-	defer d.wg.Done()
-	t := time.NewTicker(d.sender.idleTTL / 2)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case now := <-t.C:
-			d.sender.sweep(now)
+// every runs f every interval on a goroutine owned by the DHT, until
+// Close. f runs on that goroutine, so runs never overlap.
+func (d *DHT) every(interval time.Duration, f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-t.C:
+				f()
+			}
 		}
-	}
+	}()
 }
 
 // supportsDHT reports whether identify says p speaks our protocol.

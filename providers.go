@@ -95,20 +95,7 @@ func (d *DHT) startProviders() {
 	if d.ext.providers.builtin == nil {
 		return
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		t := time.NewTicker(providerSweepInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-d.ctx.Done():
-				return
-			case <-t.C:
-				d.sweepProviders()
-			}
-		}
-	}()
+	d.every(providerSweepInterval, d.sweepProviders)
 }
 
 // sweepProviders runs one full pass over the built-in store, in bounded

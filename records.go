@@ -138,20 +138,7 @@ func (d *DHT) startValues() {
 		return
 	}
 	every := min(recordSweepInterval, max(d.cfg.ext.values.maxRecordAge/2, time.Second))
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-d.ctx.Done():
-				return
-			case <-t.C:
-				d.sweepRecords()
-			}
-		}
-	}()
+	d.every(every, d.sweepRecords)
 }
 
 // sweepRecords runs sweep steps until no expired record is left, yielding

@@ -14,8 +14,9 @@
 //     goes to OnSuccess (and admits the peer) or to OnFailure (and evicts
 //     the peer, as noteFailure does for a peer it cannot reach);
 //   - a server answers a request with its k nearest table peers other than
-//     the requester, as handleFindNode does, and admits the requester, as
-//     identify plus the FIND_NODE admission probe do on a new connection;
+//     the requester, as handleFindNode does, and admits the requester when
+//     its bucket has room, as identify plus the FIND_NODE admission probe
+//     do on a new connection;
 //   - a node joins through a few random earlier nodes, looks itself up and
 //     then looks up a random key in every bucket up to its deepest
 //     non-empty one (at most 15), as Bootstrap does.
@@ -133,8 +134,9 @@ func (n *network) admit(i, p int) {
 
 // serve is node s answering a FIND_NODE about target from node from: its k
 // nearest table peers other than the requester. A new requester is
-// admitted, as a real server admits a peer that connected and passed its
-// probe; a known one is marked seen, as handleStream does.
+// admitted if its bucket has room, as a real server admits a peer that
+// connected and passed its probe; a known one is marked seen, as
+// handleStream does.
 func (n *network) serve(s, from int, target kbucket.ID) []peer.ID {
 	t := n.tables[s]
 	k := n.cfg.K
@@ -146,9 +148,12 @@ func (n *network) serve(s, from int, target kbucket.ID) []peer.ID {
 			out = append(out, p)
 		}
 	}
-	if t.Find(fromID) {
+	switch {
+	case t.Find(fromID):
 		t.MarkSeen(fromID, n.at())
-	} else {
+	case t.BucketSize(t.BucketFor(n.keys[from])) < t.K():
+		// The real node probes a new peer, then admits it, only when its
+		// bucket has room (consider in dht.go).
 		n.probes++
 		t.Add(fromID, n.at())
 	}
