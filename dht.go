@@ -81,6 +81,7 @@ type DHT struct {
 
 	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
 	verifySem  chan struct{} // bounds admission checks
+	lost       *lostPeers    // table peers to check after a disconnect
 	handlers   map[int32]handlerFunc
 	limiter    *inboundLimiter
 	notify     *network.NotifyBundle
@@ -125,6 +126,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		ctx:       lctx,
 		cancel:    cancel,
 		verifySem: make(chan struct{}, 8),
+		lost:      newLostPeers(),
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	d.rt = newRoutingTable(d.self, cfg.bucketSize)
@@ -159,9 +161,12 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(2)
+	d.wg.Add(2 + lostPeerWorkers)
 	go d.eventLoop(sub)
 	go d.maintain()
+	for range lostPeerWorkers {
+		go d.checkLostPeers()
+	}
 	// Idle outbound streams past their TTL pin goroutines on both sides.
 	d.every(d.sender.idleTTL/2, func() { d.sender.sweep(time.Now()) })
 	// Peers already connected and identified are candidates too.
@@ -367,13 +372,15 @@ func (d *DHT) admit(p peer.ID) {
 	}
 }
 
-// notifiee drops pooled streams to peers that disconnect.
+// notifiee drops pooled streams to peers that disconnect and queues a
+// check of the table peers among them.
 func (d *DHT) notifiee() network.Notifiee {
 	d.notifyOnce.Do(func() {
 		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
 			p := c.RemotePeer()
 			if n.Connectedness(p) != network.Connected {
 				d.sender.dropPeer(p)
+				d.peerDisconnected(n, p)
 			}
 		}}
 	})

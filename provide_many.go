@@ -13,6 +13,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
@@ -35,11 +36,17 @@ const (
 	// placing them: more keys per batch share more lookups.
 	provideManyBatch = 16384
 	// provideManySends bounds the per-peer batch sends in flight.
-	provideManySends = 32
+	provideManySends = 64
+	// provideManyWalkers is how many runs of keys are placed at once;
+	// provideManyMinRun is the fewest keys worth a run of their own.
+	provideManyWalkers = 16
+	provideManyMinRun  = 64
 	// provideManyPerStream bounds the messages written on one stream, so a
 	// stream the peer resets loses little and no peer's request budget is
 	// spent in one gulp.
 	provideManyPerStream = 500
+	// provideManyWriteSize is the size of the writes that carry a batch.
+	provideManyWriteSize = 16 << 10
 )
 
 // ProvideReport counts the work of a ProvideMany, ProvideManyChan or
@@ -171,84 +178,31 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	stopLife := context.AfterFunc(d.ctx, cancel)
 	defer stopLife()
 
-	known := newKnownPeers(d.rt.ListPeers())
-	sem := make(chan struct{}, provideManySends)
-	var (
-		sends   sync.WaitGroup
-		mu      sync.Mutex
-		reached int // messages on streams the peer accepted
-	)
-	var lookupErr error
-	for i := 0; i < len(keys) && ctx.Err() == nil; {
-		target := keys[i]
-		res, err := d.runLookup(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-			closer, err := d.findNode(ctx, p, target.mh)
-			if err != nil {
-				known.remove(p)
-				return nil, false, err
-			}
-			known.addInfos(closer)
-			return closer, false, nil
-		})
-		rep.Lookups++
-		if err != nil || len(res.closest) == 0 {
-			if err == nil {
-				err = ErrNoPeerReached
-			}
-			lookupErr = err
-			rep.KeysMissed++
-			i++
-			if errors.Is(err, ErrNoPeers) || errors.Is(err, ErrClosed) {
-				rep.KeysMissed += len(keys) - i
-				break
-			}
-			continue
-		}
-		d.touchBucket(target.pos)
-		region := res.closest
-		known.add(region...)
-		j := i + 1
-		for j < len(keys) && covers(region, known.closest(keys[j].pos, len(region))) {
-			j++
-		}
-		batch := keys[i:j]
-		i = j
-		msgs := make([]*pb.Message, len(batch))
-		for n, pk := range batch {
-			msgs[n] = d.addProviderMsg(pk.mh, addrs)
-		}
-		for _, p := range region {
-			for start := 0; start < len(msgs); start += provideManyPerStream {
-				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
-				select {
-				case sem <- struct{}{}:
-				case <-ctx.Done():
-				}
-				if ctx.Err() != nil {
-					break
-				}
-				rep.Streams++
-				sends.Add(1)
-				d.wg.Add(1)
-				go func() {
-					defer d.wg.Done()
-					defer sends.Done()
-					defer func() { <-sem }()
-					n, err := d.sendMany(ctx, p, chunk)
-					mu.Lock()
-					rep.Messages += n
-					if err == nil {
-						reached += n
-					}
-					mu.Unlock()
-					if err != nil {
-						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
-					}
-				}()
-			}
-		}
+	w := &provideWalk{
+		d:     d,
+		addrs: addrs,
+		known: newKnownPeers(d.rt.ListPeers()),
+		sem:   make(chan struct{}, provideManySends),
 	}
-	sends.Wait()
+	// The sorted keys are cut into contiguous runs walked at once, each
+	// run region by region: a run boundary may split a region (one extra
+	// lookup per run at most), but the lookups overlap instead of queueing.
+	runs := min(provideManyWalkers, (len(keys)+provideManyMinRun-1)/provideManyMinRun)
+	var walkers sync.WaitGroup
+	for r := range runs {
+		lo, hi := r*len(keys)/runs, (r+1)*len(keys)/runs
+		walkers.Add(1)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			defer walkers.Done()
+			w.walk(ctx, keys[lo:hi])
+		}()
+	}
+	walkers.Wait()
+	w.sends.Wait()
+	rep.add(w.rep)
+	reached, lookupErr := w.reached, w.lookupErr
 	d.log.Debug("provide many", "keys", rep.Keys, "lookups", rep.Lookups, "messages", rep.Messages, "streams", rep.Streams, "missed", rep.KeysMissed)
 	if reached > 0 {
 		return rep, nil
@@ -263,6 +217,105 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 		return rep, fmt.Errorf("kad: provide many: %w: %w", ErrNoPeerReached, lookupErr)
 	}
 	return rep, fmt.Errorf("kad: provide many: %w", ErrNoPeerReached)
+}
+
+// provideWalk is the state the runs of one provideKeys share.
+type provideWalk struct {
+	d     *DHT
+	addrs []ma.Multiaddr
+	known *knownPeers
+	sem   chan struct{} // bounds the batch sends in flight
+	sends sync.WaitGroup
+
+	mu        sync.Mutex
+	rep       ProvideReport // Lookups, Messages, Streams, KeysMissed
+	reached   int           // messages on streams the peer accepted
+	lookupErr error
+}
+
+// walk places a sorted run of keys region by region: a lookup for the
+// first key not yet placed, then every following key whose closest known
+// peers are mostly that region's; the region's records go out in the
+// background while the walk goes on.
+func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
+	d := w.d
+	for i := 0; i < len(keys) && ctx.Err() == nil; {
+		target := keys[i]
+		res, err := d.runLookup(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+			closer, err := d.findNode(ctx, p, target.mh)
+			if err != nil {
+				w.known.remove(p)
+				return nil, false, err
+			}
+			w.known.addInfos(closer)
+			return closer, false, nil
+		})
+		w.mu.Lock()
+		w.rep.Lookups++
+		w.mu.Unlock()
+		if err != nil || len(res.closest) == 0 {
+			if err == nil {
+				err = ErrNoPeerReached
+			}
+			i++
+			missed := 1
+			stop := errors.Is(err, ErrNoPeers) || errors.Is(err, ErrClosed)
+			if stop {
+				missed += len(keys) - i
+			}
+			w.mu.Lock()
+			w.lookupErr = err
+			w.rep.KeysMissed += missed
+			w.mu.Unlock()
+			if stop {
+				return
+			}
+			continue
+		}
+		d.touchBucket(target.pos)
+		region := res.closest
+		w.known.add(region...)
+		j := i + 1
+		for j < len(keys) && covers(region, w.known.closest(keys[j].pos, len(region))) {
+			j++
+		}
+		batch := keys[i:j]
+		i = j
+		msgs := make([]*pb.Message, len(batch))
+		for n, pk := range batch {
+			msgs[n] = d.addProviderMsg(pk.mh, w.addrs)
+		}
+		for _, p := range region {
+			for start := 0; start < len(msgs); start += provideManyPerStream {
+				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
+				select {
+				case w.sem <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				w.mu.Lock()
+				w.rep.Streams++
+				w.mu.Unlock()
+				w.sends.Add(1)
+				d.wg.Add(1)
+				go func() {
+					defer d.wg.Done()
+					defer w.sends.Done()
+					defer func() { <-w.sem }()
+					n, err := d.sendMany(ctx, p, chunk)
+					w.mu.Lock()
+					w.rep.Messages += n
+					if err == nil {
+						w.reached += n
+					}
+					w.mu.Unlock()
+					if err != nil {
+						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
+					}
+				}()
+			}
+		}
+	}
 }
 
 // covers reports whether a key whose closest known peers are closest
@@ -301,7 +354,7 @@ func (d *DHT) sendMany(ctx context.Context, p peer.ID, msgs []*pb.Message) (writ
 	}()
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
 	defer cancel()
-	s, err := d.h.NewStream(ctx, p, d.protocol)
+	s, err := d.openStream(ctx, p)
 	if err != nil {
 		return 0, fmt.Errorf("open stream to %s: %w", p, err)
 	}
@@ -310,12 +363,35 @@ func (d *DHT) sendMany(ctx context.Context, p peer.ID, msgs []*pb.Message) (writ
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}
-	for _, m := range msgs {
-		if err := wire.WriteMsg(s, m); err != nil {
-			_ = s.Reset()
-			return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
+	// Frames go out in writes of up to provideManyWriteSize bytes: one
+	// write per message would cost a transport frame (and, on mocknet, a
+	// link delay) each.
+	buf := make([]byte, 0, provideManyWriteSize+1024)
+	pending := 0
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
 		}
-		written++
+		if _, err := s.Write(buf); err != nil {
+			return err
+		}
+		written += pending
+		buf, pending = buf[:0], 0
+		return nil
+	}
+	for _, m := range msgs {
+		buf = wire.AppendMsg(buf, m)
+		pending++
+		if len(buf) >= provideManyWriteSize {
+			if err := flush(); err != nil {
+				_ = s.Reset()
+				return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		_ = s.Reset()
+		return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
 	}
 	if err := s.CloseWrite(); err != nil {
 		_ = s.Reset()

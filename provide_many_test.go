@@ -13,6 +13,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	mh "github.com/multiformats/go-multihash"
 	"github.com/stretchr/testify/require"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -195,7 +196,10 @@ func TestProvideManyErrors(t *testing.T) {
 // on the same network: lookups, messages, wall time, findability. The
 // size comes from KAD_PROVIDEMANY_N (nodes, default 100) and
 // KAD_PROVIDEMANY_CIDS (default 2000); the per-CID side runs
-// KAD_PROVIDE_PARALLEL Provides at a time (default 8).
+// KAD_PROVIDE_PARALLEL Provides at a time (default 8). Once the network
+// is set up every link gets KAD_PROVIDEMANY_LATENCY_MS of one-way latency
+// (default 20, as on the bench network), so that round trips, not the CPU
+// of a hundred nodes sharing two cores, set the pace.
 func TestProvideManyVsProvide(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100-node network")
@@ -208,6 +212,14 @@ func TestProvideManyVsProvide(t *testing.T) {
 	many := pmJoin(t, tn, 202, RandomWalk(false))
 	each := pmJoin(t, tn, 203, RandomWalk(false))
 	t.Logf("network of %d nodes in %v", n, time.Since(setup).Round(time.Millisecond))
+	lat := time.Duration(pmEnvInt(t, "KAD_PROVIDEMANY_LATENCY_MS", 20)) * time.Millisecond
+	for _, a := range tn.mn.Links() {
+		for _, b := range a {
+			for l := range b {
+				l.SetOptions(mocknet.LinkOptions{Latency: lat})
+			}
+		}
+	}
 	cidsMany := pmCIDs(t, count, 204)
 	cidsEach := pmCIDs(t, count, 205)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -244,7 +256,7 @@ func TestProvideManyVsProvide(t *testing.T) {
 	sm, se := many.sent(t), each.sent(t)
 	fm := pmFindable(t, tn, cidsMany, many.self, 206)
 	fe := pmFindable(t, tn, cidsEach, each.self, 207)
-	fmt.Printf("ProvideMany vs Provide per CID: nodes=%d cids=%d k=20 (per-CID parallelism %d)\n", n, count, par)
+	fmt.Printf("ProvideMany vs Provide per CID: nodes=%d cids=%d k=20 latency=%v (per-CID parallelism %d)\n", n, count, lat, par)
 	fmt.Printf("  ProvideMany: lookups=%d (regions) FIND_NODE=%d ADD_PROVIDER=%d streams=%d wall=%v findable=%.4f\n",
 		lm, sm["FIND_NODE"], sm["ADD_PROVIDER"], rep.Streams, tMany.Round(time.Millisecond), fm)
 	fmt.Printf("  Provide x%d: lookups=%d FIND_NODE=%d ADD_PROVIDER=%d streams=%d wall=%v (all sends done %v) failed=%d findable=%.4f\n",

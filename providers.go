@@ -78,6 +78,8 @@ func (d *DHT) initProviders() error {
 	} else {
 		s, err := providers.New(d.ext.ds, providers.Config{
 			Validity: pc.validity, AddrTTL: pc.addrTTL, MaxPerKey: pc.maxPerKey, CacheKeys: providerCacheKeys,
+			// The default datastore is our own, fresh and in memory.
+			FreshDatastore: d.cfg.ext.datastore == nil,
 		})
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidOption, err)

@@ -249,7 +249,7 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msg *pb.Message, writte
 	defer func() { d.observeOutbound(msg.Type, start, err) }()
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
 	defer cancel()
-	s, err := d.h.NewStream(ctx, p, d.protocol)
+	s, err := d.openStream(ctx, p)
 	if err != nil {
 		return fmt.Errorf("open stream to %s: %w", p, err)
 	}

@@ -141,7 +141,7 @@ func (s *sender) request(ctx context.Context, p peer.ID, req *pb.Message) (*pb.M
 		os := s.get(p, time.Now())
 		reused := os != nil
 		if os == nil {
-			st, err := s.h.NewStream(ctx, p, s.protos...)
+			st, err := openStream(ctx, s.h, p, s.protos)
 			if err != nil {
 				return nil, fmt.Errorf("open stream to %s: %w", p, err)
 			}
@@ -191,7 +191,7 @@ func (s *sender) send(ctx context.Context, p peer.ID, msg *pb.Message) error {
 		os := s.get(p, time.Now())
 		reused := os != nil
 		if os == nil {
-			st, err := s.h.NewStream(ctx, p, s.protos...)
+			st, err := openStream(ctx, s.h, p, s.protos)
 			if err != nil {
 				return fmt.Errorf("open stream to %s: %w", p, err)
 			}

@@ -43,6 +43,13 @@ type Config struct {
 	MaxPerKey int
 	// CacheKeys is how many keys the hot-key cache holds; 0 disables it.
 	CacheKeys int
+	// FreshDatastore says the datastore holds no provider records yet and
+	// only this store will write under Prefix (the DHT's own in-memory
+	// datastore). The store then keeps the set of keys that have records,
+	// so adding a key it has never seen needs no datastore query: on a
+	// datastore without ordered keys, such as go-datastore's MapDatastore,
+	// a prefix query reads every entry.
+	FreshDatastore bool
 }
 
 func (c Config) validate() error {
@@ -72,6 +79,9 @@ type Store struct {
 	mu     sync.Mutex
 	cache  *lru
 	cursor string // datastore key where the next Sweep resumes; "" from the start
+	// present holds the encoded keys that may have records (a superset:
+	// Sweep does not shrink it); nil unless Config.FreshDatastore.
+	present map[string]struct{}
 }
 
 // New returns a store on d. The store does not close d.
@@ -82,7 +92,11 @@ func New(d ds.Batching, cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Store{ds: d, cfg: cfg, cache: newLRU(cfg.CacheKeys)}, nil
+	s := &Store{ds: d, cfg: cfg, cache: newLRU(cfg.CacheKeys)}
+	if cfg.FreshDatastore {
+		s.present = make(map[string]struct{})
+	}
+	return s, nil
 }
 
 func (s *Store) expired(r *record, now time.Time) bool {
@@ -130,6 +144,9 @@ func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multi
 		return fmt.Errorf("providers: add: %w", err)
 	}
 	set[p] = nr
+	if s.present != nil {
+		s.present[b32.EncodeToString(key)] = struct{}{}
+	}
 	return nil
 }
 
@@ -182,6 +199,13 @@ func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, er
 		}
 		return set, s.deleteKeys(ctx, stale)
 	}
+	if s.present != nil {
+		if _, ok := s.present[enc]; !ok {
+			set := make(keySet)
+			s.cache.put(enc, set)
+			return set, nil
+		}
+	}
 	res, err := s.ds.Query(ctx, dsq.Query{Prefix: prefix})
 	if err != nil {
 		return nil, err
@@ -206,6 +230,9 @@ func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, er
 	}
 	if err := s.deleteKeys(ctx, stale); err != nil {
 		return nil, err
+	}
+	if s.present != nil && len(set) == 0 {
+		delete(s.present, enc)
 	}
 	s.cache.put(enc, set)
 	return set, nil

@@ -3,6 +3,7 @@ package providers
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -346,6 +347,58 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 		if len(again.addrs) != len(r.addrs) || !again.received.Equal(r.received) {
 			t.Fatalf("round trip changed the record")
+		}
+	})
+}
+
+// With FreshDatastore the store knows which keys have records: a key never
+// added costs no datastore query, and every answer is the same as without
+// the index, across adds, renewals, expiry, sweeps and cache evictions.
+func TestFreshDatastoreIndex(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		plainDS, freshDS := newDS(), newDS()
+		plain := newStore(t, plainDS, testConfig())
+		cfg := testConfig()
+		cfg.FreshDatastore = true
+		fresh := newStore(t, freshDS, cfg)
+
+		for i := 0; i < 50; i++ {
+			require.NoError(t, fresh.Add(ctx, []byte(fmt.Sprintf("new-%d", i)), peers(t, 1)[0], nil, time.Now()))
+		}
+		require.Zero(t, freshDS.queries.Load(), "new keys are added without a query")
+		_, err := fresh.Get(ctx, []byte("never added"), time.Now(), 0)
+		require.NoError(t, err)
+		require.Zero(t, freshDS.queries.Load(), "an unknown key is answered without a query")
+		_, err = fresh.Get(ctx, []byte("new-0"), time.Now(), 0)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), freshDS.queries.Load(), "a key evicted from the cache is read back")
+
+		r := rand.New(rand.NewPCG(7, 7))
+		ps := peers(t, 6)
+		for step := 0; step < 2000; step++ {
+			key := []byte(fmt.Sprintf("k%d", r.IntN(12)))
+			switch op := r.IntN(10); {
+			case op < 5:
+				p := ps[r.IntN(len(ps))]
+				a := []ma.Multiaddr{addr(t, r.IntN(100))}
+				e1 := plain.Add(ctx, key, p, a, time.Now())
+				e2 := fresh.Add(ctx, key, p, a, time.Now())
+				require.Equal(t, e1, e2, "step %d", step)
+			case op < 8:
+				g1, e1 := plain.Get(ctx, key, time.Now(), 0)
+				g2, e2 := fresh.Get(ctx, key, time.Now(), 0)
+				require.NoError(t, e1)
+				require.NoError(t, e2)
+				require.Equal(t, g1, g2, "step %d", step)
+			case op < 9:
+				_, e1 := plain.Sweep(ctx, time.Now(), 5)
+				_, e2 := fresh.Sweep(ctx, time.Now(), 5)
+				require.NoError(t, e1)
+				require.NoError(t, e2)
+			default:
+				time.Sleep(time.Duration(r.IntN(12)) * time.Hour)
+			}
 		}
 	})
 }

@@ -81,8 +81,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b 
 // that a frame is never interleaved with another writer's.
 func WriteMsg(w io.Writer, m *pb.Message) error {
 	bp := bufPool.Get().(*[]byte)
-	b := binary.AppendUvarint((*bp)[:0], uint64(m.Size()))
-	b = m.Marshal(b)
+	b := AppendMsg((*bp)[:0], m)
 	_, err := w.Write(b)
 	if cap(b) <= 64<<10 {
 		*bp = b
@@ -92,4 +91,11 @@ func WriteMsg(w io.Writer, m *pb.Message) error {
 		return fmt.Errorf("wire: write: %w", err)
 	}
 	return nil
+}
+
+// AppendMsg appends m with its length prefix to b, so a sender of many
+// messages can put several frames in one write.
+func AppendMsg(b []byte, m *pb.Message) []byte {
+	b = binary.AppendUvarint(b, uint64(m.Size()))
+	return m.Marshal(b)
 }
