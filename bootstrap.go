@@ -83,28 +83,56 @@ func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
 	return nil
 }
 
+// refreshLookups is how many bucket refresh lookups run at once: a joining
+// node's buckets fill in the time of a few lookups rather than one per
+// bucket, while the load it puts on the network stays bounded.
+const refreshLookups = 4
+
 // refreshBuckets looks up a random key in each bucket up to the deepest
-// non-empty one (bounded), one lookup at a time. With onlyStale it skips
-// buckets looked up within the refresh interval.
+// non-empty one (bounded), refreshLookups lookups at a time. With
+// onlyStale it skips buckets looked up within the refresh interval.
 func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
 	var maxCPL int
 	selfKey := kbucket.PeerKey(d.self)
 	d.rt.withTable(func(t *kbucket.Table) { maxCPL = t.MaxCPL() })
 	maxCPL = min(maxCPL, maxRefreshCPL)
-	var errs []error
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		errs   []error
+		failed int
+	)
+	sem := make(chan struct{}, refreshLookups)
 	for cpl := 0; cpl <= maxCPL; cpl++ {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("kad: refresh: %w", err)
-		}
 		if onlyStale && !d.bucketStale(cpl) {
 			continue
 		}
-		target := d.randomKeyInBucket(selfKey, cpl)
-		if _, err := d.GetClosestPeers(ctx, target); err != nil && !errors.Is(err, ErrNoPeers) {
-			errs = append(errs, err)
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
 		}
+		if ctx.Err() != nil {
+			break
+		}
+		target := d.randomKeyInBucket(selfKey, cpl)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := d.GetClosestPeers(ctx, target)
+			if err != nil && !errors.Is(err, ErrNoPeers) {
+				mu.Lock()
+				errs = append(errs, err)
+				failed++
+				mu.Unlock()
+			}
+		}()
 	}
-	if len(errs) > 0 && len(errs) == maxCPL+1 {
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("kad: refresh: %w", err)
+	}
+	if failed > 0 && failed == maxCPL+1 {
 		return fmt.Errorf("kad: refresh: %w", errors.Join(errs...))
 	}
 	return nil

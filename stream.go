@@ -14,8 +14,8 @@ import (
 )
 
 // openStream opens a stream to p for the first of protos without waiting
-// for identify. A host's NewStream waits for identify to finish on a new
-// connection before it negotiates (one round trip or more), and for a
+// for identify. A host's Connect and NewStream wait for identify to finish
+// on a new connection before they return or negotiate (one round trip or more), and for a
 // peer whose protocols it does not know yet it negotiates eagerly (one
 // more). A lookup talks mostly to peers it just heard of, so it would pay
 // both on most requests. Here the protocol is proposed lazily instead: the
@@ -26,8 +26,10 @@ func openStream(ctx context.Context, h host.Host, p peer.ID, protos []protocol.I
 	if len(protos) == 0 {
 		return nil, errors.New("kad: no protocol to open a stream for")
 	}
+	// Dial through the network, not host.Connect, which waits for
+	// identify too.
 	if h.Network().Connectedness(p) != network.Connected {
-		if err := h.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+		if _, err := h.Network().DialPeer(ctx, p); err != nil {
 			return nil, err
 		}
 	}
