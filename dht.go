@@ -135,7 +135,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.rt.div = newDiversity(*cfg.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(h.Peerstore().Addrs(p)) }
 	}
-	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize, min(cfg.idleStream/2, outboundIdleTTL))
+	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
 	if err := d.initTelemetry(); err != nil {
@@ -167,8 +167,6 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	for range lostPeerWorkers {
 		go d.checkLostPeers()
 	}
-	// Idle outbound streams past their TTL pin goroutines on both sides.
-	d.every(d.sender.idleTTL/2, func() { d.sender.sweep(time.Now()) })
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)
@@ -214,7 +212,6 @@ func (d *DHT) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		saveErr := d.saveTable(ctx)
 		cancel()
-		d.sender.closeAll()
 		d.closeErr = errors.Join(saveErr, d.closeExt(), d.closeTelemetry())
 	})
 	return d.closeErr
@@ -276,11 +273,6 @@ func (d *DHT) onReachability(r network.Reachability) {
 		d.setServing(r != network.ReachabilityPrivate)
 	}
 }
-
-// outboundIdleTTL is how long an idle outbound stream is kept for reuse:
-// long enough to serve the requests of one lookup burst, short enough not
-// to pin goroutines on both sides between bursts.
-const outboundIdleTTL = 5 * time.Second
 
 // every runs f every interval on a goroutine owned by the DHT, until
 // Close. f runs on that goroutine, so runs never overlap.
@@ -372,16 +364,12 @@ func (d *DHT) admit(p peer.ID) {
 	}
 }
 
-// notifiee drops pooled streams to peers that disconnect and queues a
-// check of the table peers among them.
+// notifiee queues a check of the table peers that disconnect.
 func (d *DHT) notifiee() network.Notifiee {
 	d.notifyOnce.Do(func() {
 		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
 			p := c.RemotePeer()
-			if n.Connectedness(p) != network.Connected {
-				d.sender.dropPeer(p)
-				d.peerDisconnected(n, p)
-			}
+			d.peerDisconnected(n, p)
 		}}
 	})
 	return d.notify

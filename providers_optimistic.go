@@ -241,8 +241,7 @@ func (r *provideRun) send(p peer.ID) {
 // dial or protocol negotiation that fails) from a delivered one: a write
 // into a stream the peer has reset can still report success (mocknet
 // always does, and so does a lazily negotiated stream to a peer without
-// the protocol), which is also why a fresh stream is used rather than a
-// pooled one. A peer that neither closes nor resets in time counts as
+// the protocol). A peer that neither closes nor resets in time counts as
 // reached.
 func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msg *pb.Message, written func()) (err error) {
 	start := time.Now()

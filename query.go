@@ -206,13 +206,6 @@ func (d *DHT) request(ctx context.Context, p peer.ID, req *pb.Message) (resp *pb
 	return resp, nil
 }
 
-// send sends a one-way message (ADD_PROVIDER) to p and records it.
-func (d *DHT) send(ctx context.Context, p peer.ID, msg *pb.Message) (err error) {
-	start := time.Now()
-	defer func() { d.observeOutbound(msg.Type, start, err) }()
-	return d.sender.send(ctx, p, msg)
-}
-
 // findNode asks p for the peers closest to key.
 func (d *DHT) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrInfo, error) {
 	resp, err := d.request(ctx, p, &pb.Message{Type: pb.FindNode, Key: key})
