@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/routing"
 
 	"github.com/kadlib/kad/internal/kbucket"
@@ -71,10 +72,11 @@ func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
 	return nil
 }
 
-// addPeer connects to ai and admits it once it answers a FIND_NODE.
+// addPeer connects to ai and admits it once it answers a FIND_NODE. The
+// probe dials ai itself: host.Connect would also wait for identify.
 func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
-	if err := d.h.Connect(ctx, ai); err != nil {
-		return fmt.Errorf("connect %s: %w", ai.ID, err)
+	if len(ai.Addrs) > 0 {
+		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 	}
 	if err := d.probe(ctx, ai.ID); err != nil {
 		return fmt.Errorf("probe %s: %w", ai.ID, err)
@@ -86,7 +88,7 @@ func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
 // refreshLookups is how many bucket refresh lookups run at once: a joining
 // node's buckets fill in the time of a few lookups rather than one per
 // bucket, while the load it puts on the network stays bounded.
-const refreshLookups = 4
+const refreshLookups = 8
 
 // refreshBuckets looks up a random key in each bucket up to the deepest
 // non-empty one (bounded), refreshLookups lookups at a time. With
