@@ -99,7 +99,7 @@ func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc
 		return nil, ErrNoPeers
 	}
 	l := lookup.New(target, d.self, seeds, lookup.Config{
-		K: k, Alpha: d.cfg.concurrency, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
+		K: k, Alpha: d.cfg.concurrency, ConvergeAlpha: d.cfg.convergeAlpha, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
 	})
 	d.stats.lookups.Add(1)
 	replies := make(chan queryReply, d.cfg.concurrency)

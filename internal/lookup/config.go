@@ -32,6 +32,12 @@ type Config struct {
 	// (DefaultBeta), lowered to K when K is smaller. Because a lookup also
 	// waits for all of the K closest, Beta only matters as a floor today.
 	Beta int
+	// ConvergeAlpha caps the requests in flight while the lookup is still
+	// converging, before the Beta closest candidates have answered; Alpha
+	// applies after. Fewer requests while every answer may still bring
+	// closer peers waste fewer of them on peers that turn out too far, at
+	// the cost of more round trips. 0 means Alpha; at most Alpha.
+	ConvergeAlpha int
 	// Disjoint is the number of disjoint paths (S/Kademlia). With d > 1 the
 	// seeds are dealt to d independent paths that never query a peer learned
 	// on another path, so one malicious answer cannot steer every path.
@@ -54,6 +60,9 @@ func (c Config) withDefaults() Config {
 	if c.Disjoint == 0 {
 		c.Disjoint = 1
 	}
+	if c.ConvergeAlpha == 0 {
+		c.ConvergeAlpha = c.Alpha
+	}
 	return c
 }
 
@@ -69,6 +78,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Alpha = %d, want > 0", ErrInvalidConfig, c.Alpha)
 	case d.Beta < 0 || d.Beta > d.K:
 		return fmt.Errorf("%w: Beta = %d, want 1..K (%d)", ErrInvalidConfig, c.Beta, d.K)
+	case d.ConvergeAlpha < 0 || d.ConvergeAlpha > d.Alpha:
+		return fmt.Errorf("%w: ConvergeAlpha = %d, want 0..Alpha (%d)", ErrInvalidConfig, c.ConvergeAlpha, d.Alpha)
 	case d.Disjoint < 0 || d.Disjoint > d.Alpha:
 		return fmt.Errorf("%w: Disjoint = %d, want 0..Alpha (%d): each path needs at least one request in flight",
 			ErrInvalidConfig, c.Disjoint, d.Alpha)
@@ -91,7 +102,11 @@ func (c Config) normalized() Config {
 	if c.Disjoint < 0 {
 		c.Disjoint = 0
 	}
+	if c.ConvergeAlpha < 0 {
+		c.ConvergeAlpha = 0
+	}
 	c = c.withDefaults()
+	c.ConvergeAlpha = min(c.ConvergeAlpha, c.Alpha)
 	c.Beta = min(c.Beta, c.K)
 	c.Disjoint = min(c.Disjoint, c.Alpha)
 	return c

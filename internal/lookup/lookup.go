@@ -96,6 +96,7 @@ type entry struct {
 type path struct {
 	cands    candidates // non-failed peers owned by this path, closest first
 	budget   int        // max requests in flight for this path
+	converge int        // max requests in flight while converging
 	inFlight int
 }
 
@@ -132,7 +133,11 @@ func New(target kbucket.ID, self peer.ID, seeds []peer.ID, cfg Config) *Lookup {
 		if i < cfg.Alpha%cfg.Disjoint {
 			budget++
 		}
-		l.paths[i] = &path{cands: candidates{target: target}, budget: budget}
+		converge := cfg.ConvergeAlpha / cfg.Disjoint
+		if i < cfg.ConvergeAlpha%cfg.Disjoint {
+			converge++
+		}
+		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, converge: max(converge, 1)}
 	}
 	if cfg.Disjoint == 1 {
 		l.all = &l.paths[0].cands
@@ -202,12 +207,13 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		// since any answer may bring closer peers that make farther ones
 		// useless. Once they have answered, the rest of the K closest are
 		// asked so that every result has answered (no dead peer in it).
-		eligible := len(window)
+		eligible, budget := len(window), p.budget
 		if !p.converged(l.cfg.Beta) {
-			eligible = min(eligible, p.budget+l.cfg.Beta)
+			budget = p.converge
+			eligible = min(eligible, budget+l.cfg.Beta)
 		}
 		for i, e := range window {
-			if i < eligible && e.state == Heard && p.inFlight < p.budget {
+			if i < eligible && e.state == Heard && p.inFlight < budget {
 				e.state = Waiting
 				p.inFlight++
 				l.stats.Requests++

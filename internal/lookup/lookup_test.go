@@ -59,6 +59,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative Disjoint", Config{Disjoint: -1}, false},
 		{"Disjoint equal Alpha", Config{Alpha: 4, Disjoint: 4}, true},
 		{"Disjoint above Alpha", Config{Alpha: 4, Disjoint: 5}, false},
+		{"ConvergeAlpha below Alpha", Config{Alpha: 10, ConvergeAlpha: 3}, true},
+		{"ConvergeAlpha above Alpha", Config{Alpha: 4, ConvergeAlpha: 5}, false},
+		{"negative ConvergeAlpha", Config{ConvergeAlpha: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,10 +81,11 @@ func TestConfigNormalized(t *testing.T) {
 		in   Config
 		want Config
 	}{
-		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, Disjoint: 1}},
-		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, Disjoint: 1}},
-		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, Disjoint: 1}},
-		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, Disjoint: 2}},
+		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, Disjoint: 1}},
+		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, ConvergeAlpha: -1, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, Disjoint: 1}},
+		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, ConvergeAlpha: 10, Disjoint: 1}},
+		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, ConvergeAlpha: 2, Disjoint: 2}},
+		{"ConvergeAlpha clamped to Alpha", Config{Alpha: 4, ConvergeAlpha: 9}, Config{K: 20, Alpha: 4, Beta: 3, ConvergeAlpha: 4, Disjoint: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -458,4 +462,24 @@ func TestDisjointResistsEclipse(t *testing.T) {
 	// closest take their place in the result.
 	require.Greater(t, disjoint, single+0.05)
 	require.Greater(t, disjointFound, singleFound)
+}
+
+// With ConvergeAlpha below Alpha, only ConvergeAlpha requests are in
+// flight until the Beta closest have answered; then Alpha apply.
+func TestConvergeAlpha(t *testing.T) {
+	f := newFixture(9, 20)
+	l := New(f.target, f.self, scrambled(f.p...), Config{K: 20, Alpha: 8, Beta: 3, ConvergeAlpha: 2})
+	send, _ := l.Next()
+	require.Equal(t, f.p[:2], send, "two in flight while converging")
+	l.OnSuccess(f.p[0], nil)
+	send, _ = l.Next()
+	require.Equal(t, []peer.ID{f.p[2]}, send, "still converging: one freed slot, one request")
+	l.OnSuccess(f.p[1], nil)
+	send, _ = l.Next()
+	require.Equal(t, []peer.ID{f.p[3]}, send)
+	l.OnSuccess(f.p[2], nil)
+	send, _ = l.Next()
+	require.Len(t, send, 7, "the 3 closest answered: up to Alpha (8) in flight")
+	require.Equal(t, f.p[4:11], send)
+	require.Equal(t, 8, l.InFlight())
 }

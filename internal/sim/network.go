@@ -183,7 +183,7 @@ func (n *network) lookupFrom(self int, target kbucket.ID) trace {
 	t := n.tables[self]
 	start := n.now
 	l := lookup.New(target, n.ids[self], t.Nearest(target, n.cfg.K), lookup.Config{
-		K: n.cfg.K, Alpha: n.cfg.Alpha, Beta: n.cfg.Beta,
+		K: n.cfg.K, Alpha: n.cfg.Alpha, Beta: n.cfg.Beta, ConvergeAlpha: n.cfg.ConvergeAlpha,
 	})
 	var pending []reply
 	for {

@@ -23,6 +23,9 @@ type Config struct {
 	// K, Alpha and Beta configure tables and lookups as kad's options do.
 	// Defaults 20, 10 and 3, kad's (and Amino's) defaults.
 	K, Alpha, Beta int
+	// ConvergeAlpha caps the requests in flight until the Beta closest
+	// answered, as kad's ConvergeConcurrency option does. Default Alpha.
+	ConvergeAlpha int
 	// Seed makes the run reproducible: node ids, link latencies, who joins
 	// through whom, the keys looked up and who stops. Default 0.
 	Seed uint64
@@ -62,6 +65,9 @@ func (c Config) withDefaults() Config {
 	if c.Beta == 0 {
 		c.Beta = min(lookup.DefaultBeta, c.K)
 	}
+	if c.ConvergeAlpha == 0 {
+		c.ConvergeAlpha = c.Alpha
+	}
 	if c.LatencyMin == 0 && c.LatencyMax == 0 {
 		c.LatencyMin, c.LatencyMax = 5*time.Millisecond, 100*time.Millisecond
 	}
@@ -88,7 +94,7 @@ func (c Config) validate() error {
 	if c.N < 2 {
 		bad("N = %d, want at least 2", c.N)
 	}
-	if err := (lookup.Config{K: c.K, Alpha: c.Alpha, Beta: c.Beta}).Validate(); err != nil {
+	if err := (lookup.Config{K: c.K, Alpha: c.Alpha, Beta: c.Beta, ConvergeAlpha: c.ConvergeAlpha}).Validate(); err != nil {
 		bad("%v", err)
 	}
 	if c.K < 1 {

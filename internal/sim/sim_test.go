@@ -73,3 +73,22 @@ func TestInvalidConfig(t *testing.T) {
 		require.True(t, errors.Is(err, ErrInvalidConfig), "%+v: %v", c, err)
 	}
 }
+
+// Fewer requests in flight while converging trade round trips for
+// requests: the same network needs fewer requests per lookup and no
+// fewer hops, and still finds every true closest peer.
+func TestConvergeAlphaTradeoff(t *testing.T) {
+	run := func(conv int) *Result {
+		r, err := Run(Config{N: 500, Lookups: 100, Seed: 3, ConvergeAlpha: conv})
+		require.NoError(t, err)
+		return r
+	}
+	wide, narrow := run(0), run(4)
+	require.Equal(t, 10, wide.Config.ConvergeAlpha, "default: alpha")
+	require.Equal(t, 1.0, wide.Lookup.Recall)
+	require.Equal(t, 1.0, narrow.Lookup.Recall)
+	require.Less(t, narrow.Lookup.RPCs, wide.Lookup.RPCs)
+	require.GreaterOrEqual(t, narrow.Lookup.LatencyP50, wide.Lookup.LatencyP50)
+	_, err := Run(Config{N: 10, ConvergeAlpha: 11})
+	require.ErrorIs(t, err, ErrInvalidConfig)
+}
