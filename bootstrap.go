@@ -23,8 +23,8 @@ var routingErrNotFound = routing.ErrNotFound
 const maxRefreshCPL = 15
 
 // Bootstrap connects to the bootstrap peers, looks up our own id to fill
-// the buckets near us, then looks up a random key in each farther bucket.
-// It is safe to call again at any time.
+// the buckets near us, and looks up a random key in each farther bucket,
+// up to 8 lookups at once. It is safe to call again at any time.
 func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	ctx, span := d.startSpan(ctx, "Bootstrap")
 	defer func() { endSpan(span, err) }()
@@ -34,10 +34,24 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	if err := d.connectBootstrapPeers(ctx); err != nil && d.rt.Size() == 0 {
 		return err
 	}
-	if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
-		return fmt.Errorf("kad: bootstrap: self lookup: %w", err)
+	// The self lookup fills the buckets near us and shows how deep the
+	// table goes. The buckets the table already reaches are refreshed at
+	// the same time; those the self lookup revealed, after it.
+	var refreshErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		refreshErr = d.refreshBuckets(ctx, false)
+	}()
+	_, selfErr := d.GetClosestPeers(ctx, string(d.self))
+	<-done
+	if selfErr != nil {
+		return fmt.Errorf("kad: bootstrap: self lookup: %w", selfErr)
 	}
-	return d.refreshBuckets(ctx, false)
+	if err := d.refreshBuckets(ctx, true); err != nil {
+		return err
+	}
+	return refreshErr
 }
 
 // connectBootstrapPeers dials every bootstrap peer in parallel and admits
