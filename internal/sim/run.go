@@ -51,6 +51,12 @@ type Config struct {
 	// phase; a second phase then measures lookups and record retrieval
 	// among the survivors, before any refresh. 0 skips it. Default 0.
 	Churn float64
+	// DisconnectChecks models kad's check of a table peer whose last
+	// connection drops: when nodes stop, every live node that holds one in
+	// its table learns at once and evicts it (the best case, where every
+	// table peer is connected, as in the mocknet benchmark). Without it a
+	// stopped node is evicted only by the lookups that fail to reach it.
+	DisconnectChecks bool
 	// Logger reports progress, useful at 100,000 nodes. Default: silent.
 	Logger *slog.Logger
 }
@@ -217,6 +223,24 @@ func Run(cfg Config) (*Result, error) {
 		stop := int(cfg.Churn * float64(cfg.N))
 		for _, i := range n.rng.Perm(cfg.N)[:stop] {
 			n.dead[i] = true
+		}
+		if cfg.DisconnectChecks {
+			for i, t := range n.tables {
+				if n.dead[i] {
+					continue
+				}
+				// A promoted replacement may have stopped too: it is
+				// checked in turn, as the real node checks it on admission.
+				for changed := true; changed; {
+					changed = false
+					for _, p := range t.Peers() {
+						if n.dead[n.index[p]] {
+							t.Remove(p)
+							changed = true
+						}
+					}
+				}
+			}
 		}
 		ph := n.measure(cfg.Lookups)
 		res.Churn = &ph

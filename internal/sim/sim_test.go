@@ -92,3 +92,20 @@ func TestConvergeAlphaTradeoff(t *testing.T) {
 	_, err := Run(Config{N: 10, ConvergeAlpha: 11})
 	require.ErrorIs(t, err, ErrInvalidConfig)
 }
+
+// With disconnect checks, stopped nodes leave every table at once, so
+// answers list live peers only and lookups right after the churn find the
+// live closest peers; without them answers are padded with dead peers.
+func TestDisconnectChecks(t *testing.T) {
+	run := func(checks bool) *Result {
+		r, err := Run(Config{N: 1000, Lookups: 200, Seed: 5, Churn: 0.3, DisconnectChecks: checks})
+		require.NoError(t, err)
+		return r
+	}
+	without, with := run(false), run(true)
+	require.Zero(t, without.Churn.DeadInResults)
+	require.Zero(t, with.Churn.DeadInResults)
+	require.Less(t, without.Churn.Recall, 0.98)
+	require.GreaterOrEqual(t, with.Churn.Recall, 0.99)
+	require.Zero(t, with.Churn.Failed, "no request goes to a stopped node")
+}
