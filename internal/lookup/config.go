@@ -11,6 +11,8 @@ const (
 	DefaultK     = 20
 	DefaultAlpha = 10
 	DefaultBeta  = 3
+	// DefaultFirstAlpha is the default of Config.FirstAlpha.
+	DefaultFirstAlpha = 4
 )
 
 // ErrInvalidConfig is wrapped by every error Validate returns, so the option
@@ -38,6 +40,15 @@ type Config struct {
 	// closer peers waste fewer of them on peers that turn out too far, at
 	// the cost of more round trips. 0 means Alpha; at most Alpha.
 	ConvergeAlpha int
+	// FirstAlpha caps the requests in flight until the first answer
+	// arrives. Until then the lookup knows only the seeds, which in a large
+	// network are far from the target: the first answer usually brings
+	// closer peers that make the rest of the seeds useless, so asking all
+	// of them at once spends requests for nothing (on the simulator, 15 %
+	// of a lookup's requests at 1000 nodes, for no gain in latency). A
+	// failed request frees its slot for the next seed. 0 means
+	// min(DefaultFirstAlpha, ConvergeAlpha); at most ConvergeAlpha.
+	FirstAlpha int
 	// Disjoint is the number of disjoint paths (S/Kademlia). With d > 1 the
 	// seeds are dealt to d independent paths that never query a peer learned
 	// on another path, so one malicious answer cannot steer every path.
@@ -63,6 +74,9 @@ func (c Config) withDefaults() Config {
 	if c.ConvergeAlpha == 0 {
 		c.ConvergeAlpha = c.Alpha
 	}
+	if c.FirstAlpha == 0 {
+		c.FirstAlpha = min(DefaultFirstAlpha, c.ConvergeAlpha)
+	}
 	return c
 }
 
@@ -80,6 +94,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Beta = %d, want 1..K (%d)", ErrInvalidConfig, c.Beta, d.K)
 	case d.ConvergeAlpha < 0 || d.ConvergeAlpha > d.Alpha:
 		return fmt.Errorf("%w: ConvergeAlpha = %d, want 0..Alpha (%d)", ErrInvalidConfig, c.ConvergeAlpha, d.Alpha)
+	case d.FirstAlpha < 0 || d.FirstAlpha > d.ConvergeAlpha:
+		return fmt.Errorf("%w: FirstAlpha = %d, want 0..ConvergeAlpha (%d)", ErrInvalidConfig, c.FirstAlpha, d.ConvergeAlpha)
 	case d.Disjoint < 0 || d.Disjoint > d.Alpha:
 		return fmt.Errorf("%w: Disjoint = %d, want 0..Alpha (%d): each path needs at least one request in flight",
 			ErrInvalidConfig, c.Disjoint, d.Alpha)
@@ -105,8 +121,12 @@ func (c Config) normalized() Config {
 	if c.ConvergeAlpha < 0 {
 		c.ConvergeAlpha = 0
 	}
+	if c.FirstAlpha < 0 {
+		c.FirstAlpha = 0
+	}
 	c = c.withDefaults()
 	c.ConvergeAlpha = min(c.ConvergeAlpha, c.Alpha)
+	c.FirstAlpha = min(c.FirstAlpha, c.ConvergeAlpha)
 	c.Beta = min(c.Beta, c.K)
 	c.Disjoint = min(c.Disjoint, c.Alpha)
 	return c

@@ -97,6 +97,8 @@ type path struct {
 	cands    candidates // non-failed peers owned by this path, closest first
 	budget   int        // max requests in flight for this path
 	converge int        // max requests in flight while converging
+	first    int        // max requests in flight before the first answer
+	answered bool       // some peer of this path answered
 	inFlight int
 }
 
@@ -137,7 +139,11 @@ func New(target kbucket.ID, self peer.ID, seeds []peer.ID, cfg Config) *Lookup {
 		if i < cfg.ConvergeAlpha%cfg.Disjoint {
 			converge++
 		}
-		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, converge: max(converge, 1)}
+		first := cfg.FirstAlpha / cfg.Disjoint
+		if i < cfg.FirstAlpha%cfg.Disjoint {
+			first++
+		}
+		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, converge: max(converge, 1), first: max(first, 1)}
 	}
 	if cfg.Disjoint == 1 {
 		l.all = &l.paths[0].cands
@@ -210,6 +216,9 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		eligible, budget := len(window), p.budget
 		if !p.converged(l.cfg.Beta) {
 			budget = p.converge
+			if !p.answered {
+				budget = p.first
+			}
 			eligible = min(eligible, budget+l.cfg.Beta)
 		}
 		for i, e := range window {
@@ -273,6 +282,7 @@ func (l *Lookup) OnSuccess(from peer.ID, closer []peer.ID) {
 	}
 	e.state = Succeeded
 	l.paths[e.path].inFlight--
+	l.paths[e.path].answered = true
 	l.stats.Succeeded++
 	for _, p := range closer {
 		if n := l.learn(p, e.hop+1); n != nil {

@@ -62,6 +62,9 @@ func TestConfigValidate(t *testing.T) {
 		{"ConvergeAlpha below Alpha", Config{Alpha: 10, ConvergeAlpha: 3}, true},
 		{"ConvergeAlpha above Alpha", Config{Alpha: 4, ConvergeAlpha: 5}, false},
 		{"negative ConvergeAlpha", Config{ConvergeAlpha: -1}, false},
+		{"FirstAlpha up to ConvergeAlpha", Config{ConvergeAlpha: 6, FirstAlpha: 6}, true},
+		{"FirstAlpha above ConvergeAlpha", Config{ConvergeAlpha: 6, FirstAlpha: 7}, false},
+		{"negative FirstAlpha", Config{FirstAlpha: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,11 +84,12 @@ func TestConfigNormalized(t *testing.T) {
 		in   Config
 		want Config
 	}{
-		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, Disjoint: 1}},
-		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, ConvergeAlpha: -1, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, Disjoint: 1}},
-		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, ConvergeAlpha: 10, Disjoint: 1}},
-		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, ConvergeAlpha: 2, Disjoint: 2}},
-		{"ConvergeAlpha clamped to Alpha", Config{Alpha: 4, ConvergeAlpha: 9}, Config{K: 20, Alpha: 4, Beta: 3, ConvergeAlpha: 4, Disjoint: 1}},
+		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
+		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, ConvergeAlpha: -1, FirstAlpha: -1, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
+		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
+		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, ConvergeAlpha: 2, FirstAlpha: 2, Disjoint: 2}},
+		{"ConvergeAlpha clamped to Alpha", Config{Alpha: 4, ConvergeAlpha: 9}, Config{K: 20, Alpha: 4, Beta: 3, ConvergeAlpha: 4, FirstAlpha: 4, Disjoint: 1}},
+		{"FirstAlpha clamped to ConvergeAlpha", Config{ConvergeAlpha: 3, FirstAlpha: 9}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 3, FirstAlpha: 3, Disjoint: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +139,7 @@ func TestNextRespectsAlpha(t *testing.T) {
 	for _, alpha := range []int{1, 3, 10} {
 		t.Run("", func(t *testing.T) {
 			f := newFixture(3, 15)
-			l := New(f.target, f.self, scrambled(f.p...), Config{Alpha: alpha})
+			l := New(f.target, f.self, scrambled(f.p...), Config{Alpha: alpha, FirstAlpha: alpha})
 			send, _ := l.Next()
 			require.Equal(t, f.p[:alpha], send)
 			require.Equal(t, alpha, l.InFlight())
@@ -482,4 +486,24 @@ func TestConvergeAlpha(t *testing.T) {
 	require.Len(t, send, 7, "the 3 closest answered: up to Alpha (8) in flight")
 	require.Equal(t, f.p[4:11], send)
 	require.Equal(t, 8, l.InFlight())
+}
+
+// Until the first answer only FirstAlpha seeds are asked; a failure hands
+// its slot to the next seed, and the first answer opens the lookup up to
+// ConvergeAlpha.
+func TestFirstAlpha(t *testing.T) {
+	f := newFixture(10, 20)
+	l := New(f.target, f.self, scrambled(f.p...), Config{})
+	send, _ := l.Next()
+	require.Equal(t, f.p[:DefaultFirstAlpha], send, "the 4 closest seeds first")
+	l.OnFailure(f.p[0])
+	send, _ = l.Next()
+	require.Equal(t, []peer.ID{f.p[4]}, send, "a failed seed frees its slot for the next")
+	l.OnSuccess(f.p[1], nil)
+	send, _ = l.Next()
+	require.Len(t, send, 7, "after the first answer: up to 10 in flight")
+	require.Equal(t, 10, l.InFlight())
+	// Only the closest Alpha+Beta candidates are eligible while converging:
+	// p[1..13] (p[0] failed), of which p[1..4] were asked.
+	require.Equal(t, f.p[5:12], send)
 }
