@@ -5,20 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
 	"github.com/kadlib/kad/internal/providers"
-	"github.com/kadlib/kad/internal/wire"
 )
 
 // Providing many keys. One Provide per key pays a whole lookup for each,
@@ -45,8 +41,6 @@ const (
 	// stream the peer resets loses little and no peer's request budget is
 	// spent in one gulp.
 	provideManyPerStream = 500
-	// provideManyWriteSize is the size of the writes that carry a batch.
-	provideManyWriteSize = 16 << 10
 )
 
 // ProvideReport counts the work of a ProvideMany, ProvideManyChan or
@@ -302,7 +296,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 					defer d.wg.Done()
 					defer w.sends.Done()
 					defer func() { <-w.sem }()
-					n, err := d.sendMany(ctx, p, chunk)
+					n, err := d.sendOneWay(ctx, p, chunk, nil)
 					w.mu.Lock()
 					w.rep.Messages += n
 					if err == nil {
@@ -334,83 +328,6 @@ func covers(region, closest []peer.ID) bool {
 		}
 	}
 	return in >= len(region)-len(region)/10
-}
-
-// sendMany writes msgs, one-way, on one stream to p and returns how many
-// were written. Like sendOneWay it then waits for the peer to close its
-// side, which tells a delivered batch from a lost one; a reset after the
-// whole batch was written counts as delivered (js peers reset every
-// inbound stream once its writer closes).
-func (d *DHT) sendMany(ctx context.Context, p peer.ID, msgs []*pb.Message) (written int, err error) {
-	start := time.Now()
-	defer func() {
-		for i := 0; i < len(msgs); i++ {
-			var e error
-			if i >= written {
-				e = err
-			}
-			d.observeOutbound(pb.AddProvider, start, e)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
-	defer cancel()
-	s, err := d.openStream(ctx, p)
-	if err != nil {
-		return 0, fmt.Errorf("open stream to %s: %w", p, err)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
-	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
-	// Frames go out in writes of up to provideManyWriteSize bytes: one
-	// write per message would cost a transport frame (and, on mocknet, a
-	// link delay) each.
-	buf := make([]byte, 0, provideManyWriteSize+1024)
-	pending := 0
-	flush := func() error {
-		if len(buf) == 0 {
-			return nil
-		}
-		if _, err := s.Write(buf); err != nil {
-			return err
-		}
-		written += pending
-		buf, pending = buf[:0], 0
-		return nil
-	}
-	for _, m := range msgs {
-		buf = wire.AppendMsg(buf, m)
-		pending++
-		if len(buf) >= provideManyWriteSize {
-			if err := flush(); err != nil {
-				_ = s.Reset()
-				return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		_ = s.Reset()
-		return written, fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
-	}
-	if err := s.CloseWrite(); err != nil {
-		_ = s.Reset()
-		return written, fmt.Errorf("close write to %s: %w", p, ctxErr(ctx, err))
-	}
-	var b [1]byte
-	_, err = io.ReadFull(s, b[:])
-	switch {
-	case errors.Is(err, io.EOF), err == nil:
-		_ = s.Close()
-		return written, nil
-	case errors.Is(ctx.Err(), context.DeadlineExceeded),
-		errors.Is(err, network.ErrReset) && ctx.Err() == nil:
-		_ = s.Reset()
-		return written, nil
-	default:
-		_ = s.Reset()
-		return written, fmt.Errorf("%s refused the batch: %w", p, ctxErr(ctx, err))
-	}
 }
 
 // knownPeers are the peers a ProvideMany has learned of, with their

@@ -3,21 +3,16 @@ package kad
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"sync"
-	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/lookup"
 	"github.com/kadlib/kad/internal/pb"
-	"github.com/kadlib/kad/internal/wire"
 )
 
 // Optimistic provide. A classic provide waits for the whole lookup, whose
@@ -213,7 +208,7 @@ func (r *provideRun) send(p peer.ID) {
 	go func() {
 		defer r.d.wg.Done()
 		defer r.sends.Done()
-		err := r.d.sendOneWay(r.ctx, p, r.msg, func() {
+		_, err := r.d.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
 			r.mu.Lock()
 			r.written++
 			r.mu.Unlock()
@@ -230,65 +225,6 @@ func (r *provideRun) send(p peer.ID) {
 		r.mu.Unlock()
 		r.poke()
 	}()
-}
-
-// sendOneWay delivers a message that gets no answer (ADD_PROVIDER) on a
-// stream of its own, calling written once it is written. It then waits,
-// at most the request timeout, for the peer to close its side: a go or
-// kad peer closes after handling the message and resets the stream if it
-// refused it, but a js peer resets it either way, so a reset after the
-// write counts as delivered. That wait is what tells a lost message (a
-// dial or protocol negotiation that fails) from a delivered one: a write
-// into a stream the peer has reset can still report success (mocknet
-// always does, and so does a lazily negotiated stream to a peer without
-// the protocol). A peer that neither closes nor resets in time counts as
-// reached.
-func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msg *pb.Message, written func()) (err error) {
-	start := time.Now()
-	defer func() { d.observeOutbound(msg.Type, start, err) }()
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
-	defer cancel()
-	s, err := d.openStream(ctx, p)
-	if err != nil {
-		return fmt.Errorf("open stream to %s: %w", p, err)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
-	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.SetDeadline(dl)
-	}
-	if err := wire.WriteMsg(s, msg); err != nil {
-		_ = s.Reset()
-		return fmt.Errorf("write to %s: %w", p, ctxErr(ctx, err))
-	}
-	if err := s.CloseWrite(); err != nil {
-		_ = s.Reset()
-		return fmt.Errorf("close write to %s: %w", p, ctxErr(ctx, err))
-	}
-	written()
-	var b [1]byte
-	_, err = io.ReadFull(s, b[:])
-	switch {
-	case errors.Is(err, io.EOF):
-		_ = s.Close()
-		return nil
-	case err == nil:
-		// An answer nobody asked for: the message got there all the same.
-		_ = s.Reset()
-		return nil
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		_ = s.Reset()
-		return nil
-	case errors.Is(err, network.ErrReset) && ctx.Err() == nil:
-		// js-libp2p's kad-dht resets every inbound stream once the sender
-		// half-closes it, whether it stored the record or not: after the
-		// whole message was written, that reset is all a js peer ever says.
-		_ = s.Reset()
-		return nil
-	default:
-		_ = s.Reset()
-		return fmt.Errorf("%s refused the message: %w", p, ctxErr(ctx, err))
-	}
 }
 
 // nearThreshold is the expected normalized distance from a key to its k-th

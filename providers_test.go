@@ -13,6 +13,8 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	mh "github.com/multiformats/go-multihash"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // provCID returns a CIDv1 (raw) of random content drawn from r.
@@ -290,7 +292,7 @@ func classicProvide(ctx context.Context, d *DHT, c cid.Cid) error {
 	var wg sync.WaitGroup
 	for _, p := range closest {
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = d.sendOneWay(ctx, p, msg, func() {}) }()
+		go func() { defer wg.Done(); _, _ = d.sendOneWay(ctx, p, []*pb.Message{msg}, nil) }()
 	}
 	wg.Wait()
 	return nil
