@@ -26,7 +26,7 @@ func (o *options) simulate() error {
 	// collect more often rather than let the heap double before a GC.
 	defer debug.SetGCPercent(debug.SetGCPercent(25))
 	for _, n := range o.sims {
-		cfg := sim.Config{N: n, Seed: o.p.Seed, Lookups: o.simOps, Churn: o.p.Churn, ConvergeAlpha: o.simConv, DisconnectChecks: o.simDC,
+		cfg := sim.Config{N: n, Seed: o.p.Seed, Lookups: o.simOps, Churn: o.p.Churn, Alpha: o.simA, ConvergeAlpha: o.simConv, DisconnectChecks: o.simDC,
 			LatencyMin: o.p.Latency.Min, LatencyMax: o.p.Latency.Max, Logger: o.p.Log.With("sim", n)}
 		start := time.Now()
 		res, err := sim.Run(cfg)
@@ -41,6 +41,9 @@ func (o *options) simulate() error {
 		debug.FreeOSMemory()
 	}
 	base := filepath.Join(o.out, fmt.Sprintf("sim-%s-seed%d", latName(o.p.Latency), o.p.Seed))
+	if o.simA != 0 {
+		base += fmt.Sprintf("-alpha%d", o.simA)
+	}
 	if o.simConv != 0 {
 		base += fmt.Sprintf("-converge%d", o.simConv)
 	}
