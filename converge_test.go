@@ -3,11 +3,14 @@ package kad
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/kbucket"
 )
 
 func TestConvergeConcurrencyOption(t *testing.T) {
@@ -36,4 +39,20 @@ func TestConvergeConcurrencyOption(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 1.0, recall(got, tn.trueClosest(key, 20, d.self)), key)
 	}
+}
+
+// Lookups that run to the end ask probable result members ahead (Near);
+// lookups that may stop early, and nodes set to converge with fewer
+// requests, do not.
+func TestLookupNear(t *testing.T) {
+	tn := newTestNet(t, 30, 402, RandomWalk(false))
+	d := tn.nodes[3]
+	self := kbucket.PeerKey(d.self)
+	near := d.lookupNear(self, 20, false)
+	require.Greater(t, near, 0.0)
+	require.False(t, math.IsInf(near, 1), "29 peers known: an estimate, not everything")
+	require.Zero(t, d.lookupNear(self, 20, true), "a lookup that may stop early")
+
+	narrow := newTestNet(t, 2, 403, RandomWalk(false), ConvergeConcurrency(3)).nodes[0]
+	require.Zero(t, narrow.lookupNear(kbucket.PeerKey(narrow.self), 20, false))
 }

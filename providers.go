@@ -307,7 +307,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		}
 	}
 
-	_, err = d.runLookup(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	_, err = d.runLookupOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
 		resp, err := d.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
 		if err != nil {
 			return nil, false, err
@@ -325,7 +325,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 			}
 		}
 		return closer, false, nil
-	})
+	}, lookupOpts{stopsEarly: count > 0})
 	return err
 }
 

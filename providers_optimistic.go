@@ -2,9 +2,7 @@ package kad
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"math"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -86,7 +84,7 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 		target:    kbucket.KeyForBytes(key),
 		msg:       d.addProviderMsg(key, addrs),
 		k:         k,
-		near:      nearThreshold(kbucket.PeerKey(d.self), d.rt.nearest(kbucket.PeerKey(d.self), k), k),
+		near:      kbucket.KthDistance(kbucket.PeerKey(d.self), d.rt.nearest(kbucket.PeerKey(d.self), k), k),
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
@@ -187,7 +185,7 @@ func (r *provideRun) onProgress(l *lookup.Lookup) {
 }
 
 func (r *provideRun) isNear(p peer.ID) bool {
-	return normDistance(kbucket.PeerKey(p).Xor(r.target)) < r.near
+	return kbucket.Fraction(kbucket.PeerKey(p).Xor(r.target)) < r.near
 }
 
 func (r *provideRun) poke() {
@@ -225,29 +223,4 @@ func (r *provideRun) send(p peer.ID) {
 		r.mu.Unlock()
 		r.poke()
 	}()
-}
-
-// nearThreshold is the expected normalized distance from a key to its k-th
-// closest peer, k/(N+1), with the network size N estimated from the
-// distances of our own closest peers (nearest, closest first): with N
-// peers spread uniformly, the i-th closest is at about i/(N+1), so a
-// least-squares fit through them gives 1/(N+1). With fewer than k peers
-// known the network may be smaller than k, and every peer is near.
-func nearThreshold(self kbucket.ID, nearest []peer.ID, k int) float64 {
-	if len(nearest) < k || k < 1 {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i, p := range nearest[:k] {
-		x := normDistance(kbucket.PeerKey(p).Xor(self))
-		num += float64(i+1) * x
-		den += float64((i + 1) * (i + 1))
-	}
-	return float64(k) * num / den
-}
-
-// normDistance maps a distance to [0, 1): its fraction of the keyspace,
-// to 64 bits of precision, which is plenty for any real network.
-func normDistance(x kbucket.ID) float64 {
-	return float64(binary.BigEndian.Uint64(x[:8])) / (1 << 64)
 }

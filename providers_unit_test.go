@@ -18,7 +18,6 @@ import (
 	mh "github.com/multiformats/go-multihash"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
 	"github.com/kadlib/kad/internal/wire"
 )
@@ -323,33 +322,4 @@ func TestProvidersPersistAcrossRestart(t *testing.T) {
 	got, err = finder.FindProviders(ctx, c, 0)
 	require.NoError(t, err)
 	require.Contains(t, provIDs(got), provider.self)
-}
-
-// The network-size estimate behind optimistic provide: with N peers spread
-// uniformly, the threshold is close to k/(N+1) of the keyspace.
-func TestNearThreshold(t *testing.T) {
-	r := rand.New(rand.NewPCG(5, 5))
-	const k = 20
-	for _, n := range []int{100, 1000, 10000} {
-		var sum float64
-		const trials = 20
-		for trial := 0; trial < trials; trial++ {
-			ids := make([]peer.ID, n)
-			for i := range ids {
-				var b [34]byte
-				for j := range b {
-					b[j] = byte(r.Uint32())
-				}
-				ids[i] = peer.ID(b[:])
-			}
-			self := kbucket.PeerKey(ids[0])
-			rest := ids[1:]
-			kbucket.SortByDistance(rest, self)
-			sum += nearThreshold(self, rest[:k], k) * float64(n)
-		}
-		mean := sum / trials
-		t.Logf("N=%d: threshold x N = %.1f (ideal %d)", n, mean, k)
-		require.InDelta(t, k, mean, k*0.35, "N=%d", n)
-	}
-	require.True(t, nearThreshold(kbucket.ID{}, nil, k) > 1, "fewer than k peers: every peer is near")
 }

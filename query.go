@@ -75,7 +75,16 @@ type queryReply struct {
 // when the lookup ends, fn stops it, or ctx is done; requests still in
 // flight are cancelled and finish in the background, owned by the DHT.
 func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*lookupResult, error) {
-	return d.runLookupWith(ctx, target, fn, nil)
+	return d.runLookupOpts(ctx, target, fn, lookupOpts{})
+}
+
+// lookupOpts tune one lookup.
+type lookupOpts struct {
+	hook lookupHook
+	// stopsEarly says fn may end the lookup before it converges (FindPeer,
+	// a GetValue quorum, a FindProviders count): requests sent ahead to
+	// peers near the target (lookup.Config.Near) would then be wasted.
+	stopsEarly bool
 }
 
 // lookupHook is shown the lookup after each answer or failure, on the
@@ -83,8 +92,14 @@ func (d *DHT) runLookup(ctx context.Context, target kbucket.ID, fn queryFunc) (*
 // provide). It must not block, must not keep l, and may only read it.
 type lookupHook func(l *lookup.Lookup)
 
-// runLookupWith is runLookup with an optional progress hook.
+// runLookupWith is runLookup with a progress hook.
 func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc, hook lookupHook) (*lookupResult, error) {
+	return d.runLookupOpts(ctx, target, fn, lookupOpts{hook: hook})
+}
+
+// runLookupOpts is runLookup with options.
+func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc, o lookupOpts) (*lookupResult, error) {
+	hook := o.hook
 	if d.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -98,8 +113,10 @@ func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc
 	if len(seeds) == 0 {
 		return nil, ErrNoPeers
 	}
+	selfKey := kbucket.PeerKey(d.self)
 	l := lookup.New(target, d.self, seeds, lookup.Config{
 		K: k, Alpha: d.cfg.concurrency, ConvergeAlpha: d.cfg.convergeAlpha, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
+		Near: d.lookupNear(selfKey, k, o.stopsEarly),
 	})
 	d.stats.lookups.Add(1)
 	replies := make(chan queryReply, d.cfg.concurrency)
@@ -167,6 +184,18 @@ func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc
 	}
 	res.closest = l.Result()
 	return res, nil
+}
+
+// lookupNear is the Near distance of a lookup (lookup.Config.Near): the
+// estimated distance from a key to its k-th closest peer, from our own
+// closest peers, with lookup.NearFactor's margin. 0 (off) for a lookup
+// that may stop early, and with ConvergeConcurrency set, whose point is to
+// send fewer requests.
+func (d *DHT) lookupNear(self kbucket.ID, k int, stopsEarly bool) float64 {
+	if stopsEarly || d.cfg.convergeAlpha != 0 {
+		return 0
+	}
+	return lookup.NearFactor * kbucket.KthDistance(self, d.rt.nearest(self, k), k)
 }
 
 // noteFailure evicts a table peer we could not reach at all, and one that
@@ -256,7 +285,7 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 	}
 	var found peer.AddrInfo
 	kb := []byte(id)
-	res, err := d.runLookup(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	res, err := d.runLookupOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
 		closer, err := d.findNode(ctx, p, kb)
 		if err != nil {
 			return nil, false, err
@@ -270,7 +299,7 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 			}
 		}
 		return closer, false, nil
-	})
+	}, lookupOpts{stopsEarly: true})
 	if err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer %s: %w", id, err)
 	}

@@ -496,7 +496,7 @@ func (d *DHT) searchValue(ctx context.Context, key string, o *routing.Options, e
 		return nil, nil
 	}
 	kb := []byte(key)
-	res, lerr := d.runLookup(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	res, lerr := d.runLookupOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
 		resp, err := d.request(ctx, p, &pb.Message{Type: pb.GetValue, Key: kb})
 		if err != nil {
 			return nil, false, err
@@ -504,7 +504,7 @@ func (d *DHT) searchValue(ctx context.Context, key string, o *routing.Options, e
 		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.bucketSize)
 		d.learnAddrs(closer)
 		return closer, s.offer(ctx, p, d.receivedValue(p, key, resp.Record)), nil
-	})
+	}, lookupOpts{stopsEarly: s.quorum > 0})
 	s.mu.Lock()
 	s.ended = true
 	best, answers := s.best, s.answers

@@ -13,6 +13,10 @@ const (
 	DefaultBeta  = 3
 	// DefaultFirstAlpha is the default of Config.FirstAlpha.
 	DefaultFirstAlpha = 4
+	// NearFactor scales a network's estimated distance to the K-th closest
+	// peer of a key (kbucket.KthDistance) into the Near distance drivers
+	// pass: a margin for the estimate's error, found on the simulator.
+	NearFactor = 1.5
 )
 
 // ErrInvalidConfig is wrapped by every error Validate returns, so the option
@@ -49,6 +53,17 @@ type Config struct {
 	// failed request frees its slot for the next seed. 0 means
 	// min(DefaultFirstAlpha, ConvergeAlpha); at most ConvergeAlpha.
 	FirstAlpha int
+	// Near is a distance to the target, as a kbucket.Fraction of the
+	// keyspace, within which a candidate is probably one of the K closest
+	// (see NearFactor): the lookup will have to hear from it before it ends
+	// anyway. Once any peer answered, such a candidate is asked at once,
+	// even while the lookup converges and beyond Alpha, up to NearAlpha
+	// requests in flight: the lookup then ends a round trip sooner, for a
+	// few more requests when the estimate was generous. 0 turns it off.
+	Near float64
+	// NearAlpha caps the requests in flight, near ones included. 0 means
+	// max(Alpha, K); at least Alpha.
+	NearAlpha int
 	// Disjoint is the number of disjoint paths (S/Kademlia). With d > 1 the
 	// seeds are dealt to d independent paths that never query a peer learned
 	// on another path, so one malicious answer cannot steer every path.
@@ -77,6 +92,9 @@ func (c Config) withDefaults() Config {
 	if c.FirstAlpha == 0 {
 		c.FirstAlpha = min(DefaultFirstAlpha, c.ConvergeAlpha)
 	}
+	if c.NearAlpha == 0 {
+		c.NearAlpha = max(c.Alpha, c.K)
+	}
 	return c
 }
 
@@ -94,6 +112,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Beta = %d, want 1..K (%d)", ErrInvalidConfig, c.Beta, d.K)
 	case d.ConvergeAlpha < 0 || d.ConvergeAlpha > d.Alpha:
 		return fmt.Errorf("%w: ConvergeAlpha = %d, want 0..Alpha (%d)", ErrInvalidConfig, c.ConvergeAlpha, d.Alpha)
+	case d.Near < 0 || d.Near != d.Near:
+		return fmt.Errorf("%w: Near = %v, want >= 0", ErrInvalidConfig, c.Near)
+	case d.NearAlpha < d.Alpha:
+		return fmt.Errorf("%w: NearAlpha = %d, want 0 or >= Alpha (%d)", ErrInvalidConfig, c.NearAlpha, d.Alpha)
 	case d.FirstAlpha < 0 || d.FirstAlpha > d.ConvergeAlpha:
 		return fmt.Errorf("%w: FirstAlpha = %d, want 0..ConvergeAlpha (%d)", ErrInvalidConfig, c.FirstAlpha, d.ConvergeAlpha)
 	case d.Disjoint < 0 || d.Disjoint > d.Alpha:
@@ -124,7 +146,14 @@ func (c Config) normalized() Config {
 	if c.FirstAlpha < 0 {
 		c.FirstAlpha = 0
 	}
+	if c.Near < 0 || c.Near != c.Near {
+		c.Near = 0
+	}
+	if c.NearAlpha < 0 {
+		c.NearAlpha = 0
+	}
 	c = c.withDefaults()
+	c.NearAlpha = max(c.NearAlpha, c.Alpha)
 	c.ConvergeAlpha = min(c.ConvergeAlpha, c.Alpha)
 	c.FirstAlpha = min(c.FirstAlpha, c.ConvergeAlpha)
 	c.Beta = min(c.Beta, c.K)

@@ -96,6 +96,7 @@ type entry struct {
 type path struct {
 	cands    candidates // non-failed peers owned by this path, closest first
 	budget   int        // max requests in flight for this path
+	near     int        // max requests in flight, near ones included
 	converge int        // max requests in flight while converging
 	first    int        // max requests in flight before the first answer
 	answered bool       // some peer of this path answered
@@ -143,7 +144,12 @@ func New(target kbucket.ID, self peer.ID, seeds []peer.ID, cfg Config) *Lookup {
 		if i < cfg.FirstAlpha%cfg.Disjoint {
 			first++
 		}
-		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, converge: max(converge, 1), first: max(first, 1)}
+		near := cfg.NearAlpha / cfg.Disjoint
+		if i < cfg.NearAlpha%cfg.Disjoint {
+			near++
+		}
+		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, near: max(near, budget),
+			converge: max(converge, 1), first: max(first, 1)}
 	}
 	if cfg.Disjoint == 1 {
 		l.all = &l.paths[0].cands
@@ -222,7 +228,7 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 			eligible = min(eligible, budget+l.cfg.Beta)
 		}
 		for i, e := range window {
-			if i < eligible && e.state == Heard && p.inFlight < budget {
+			if e.state == Heard && (i < eligible && p.inFlight < budget || l.near(p, e)) {
 				e.state = Waiting
 				p.inFlight++
 				l.stats.Requests++
@@ -243,6 +249,14 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 	}
 	l.done = allDone
 	return send, allDone
+}
+
+// near reports whether e may be asked now, outside the normal budget, as
+// a probable member of the result (Config.Near): only once the path has an
+// answer, and within the path's NearAlpha share.
+func (l *Lookup) near(p *path, e *entry) bool {
+	return l.cfg.Near > 0 && p.answered && p.inFlight < p.near &&
+		kbucket.Fraction(e.key.Xor(p.cands.target)) <= l.cfg.Near
 }
 
 // converged reports whether the beta closest non-failed candidates of the

@@ -65,6 +65,9 @@ func TestConfigValidate(t *testing.T) {
 		{"FirstAlpha up to ConvergeAlpha", Config{ConvergeAlpha: 6, FirstAlpha: 6}, true},
 		{"FirstAlpha above ConvergeAlpha", Config{ConvergeAlpha: 6, FirstAlpha: 7}, false},
 		{"negative FirstAlpha", Config{FirstAlpha: -1}, false},
+		{"Near", Config{Near: 0.01}, true},
+		{"negative Near", Config{Near: -1}, false},
+		{"NearAlpha below Alpha", Config{Alpha: 10, NearAlpha: 5}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,12 +87,12 @@ func TestConfigNormalized(t *testing.T) {
 		in   Config
 		want Config
 	}{
-		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
-		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, ConvergeAlpha: -1, FirstAlpha: -1, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
-		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, ConvergeAlpha: 10, FirstAlpha: 4, Disjoint: 1}},
-		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, ConvergeAlpha: 2, FirstAlpha: 2, Disjoint: 2}},
-		{"ConvergeAlpha clamped to Alpha", Config{Alpha: 4, ConvergeAlpha: 9}, Config{K: 20, Alpha: 4, Beta: 3, ConvergeAlpha: 4, FirstAlpha: 4, Disjoint: 1}},
-		{"FirstAlpha clamped to ConvergeAlpha", Config{ConvergeAlpha: 3, FirstAlpha: 9}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 3, FirstAlpha: 3, Disjoint: 1}},
+		{"defaults", Config{}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, NearAlpha: 20, Disjoint: 1}},
+		{"negatives become defaults", Config{K: -1, Alpha: -2, Beta: -3, ConvergeAlpha: -1, FirstAlpha: -1, Disjoint: -4}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 10, FirstAlpha: 4, NearAlpha: 20, Disjoint: 1}},
+		{"Beta clamped to K", Config{K: 2, Beta: 5}, Config{K: 2, Alpha: 10, Beta: 2, ConvergeAlpha: 10, FirstAlpha: 4, NearAlpha: 10, Disjoint: 1}},
+		{"Disjoint clamped to Alpha", Config{Alpha: 2, Disjoint: 5}, Config{K: 20, Alpha: 2, Beta: 3, ConvergeAlpha: 2, FirstAlpha: 2, NearAlpha: 20, Disjoint: 2}},
+		{"ConvergeAlpha clamped to Alpha", Config{Alpha: 4, ConvergeAlpha: 9}, Config{K: 20, Alpha: 4, Beta: 3, ConvergeAlpha: 4, FirstAlpha: 4, NearAlpha: 20, Disjoint: 1}},
+		{"FirstAlpha clamped to ConvergeAlpha", Config{ConvergeAlpha: 3, FirstAlpha: 9}, Config{K: 20, Alpha: 10, Beta: 3, ConvergeAlpha: 3, FirstAlpha: 3, NearAlpha: 20, Disjoint: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -506,4 +509,32 @@ func TestFirstAlpha(t *testing.T) {
 	// Only the closest Alpha+Beta candidates are eligible while converging:
 	// p[1..13] (p[0] failed), of which p[1..4] were asked.
 	require.Equal(t, f.p[5:12], send)
+}
+
+// With Near set, once a peer answered, candidates within Near of the target
+// are asked at once, beyond the converging budget and Alpha, up to
+// NearAlpha in flight; farther ones wait for the usual rules.
+func TestNearCandidatesAskedAtOnce(t *testing.T) {
+	f := newFixture(11, 40)
+	// The 25th closest of the fixture bounds "near": p[0..24] are near.
+	near := kbucket.Fraction(kbucket.PeerKey(f.p[24]).Xor(f.target))
+	l := New(f.target, f.self, scrambled(f.p[30:]...), Config{K: 20, Alpha: 10, Beta: 3, Near: near, NearAlpha: 20})
+	send, _ := l.Next()
+	require.Equal(t, f.p[30:34], send, "no answer yet: 4 seeds, however near")
+	l.OnSuccess(f.p[30], f.p[:30])
+	send, _ = l.Next()
+	// The window is p[0..19], all near: every one is asked (19 in flight
+	// with the 3 seeds still out, under NearAlpha = 20), not just the
+	// Alpha+Beta closest.
+	require.Equal(t, f.p[:17], send[:17])
+	require.Len(t, send, 17)
+	require.Equal(t, 20, l.InFlight())
+
+	// Without Near, the same answer opens only the converging window.
+	l = New(f.target, f.self, scrambled(f.p[30:]...), Config{K: 20, Alpha: 10, Beta: 3})
+	l.Next()
+	l.OnSuccess(f.p[30], f.p[:30])
+	send, _ = l.Next()
+	require.Len(t, send, 7, "up to Alpha in flight")
+	require.Equal(t, f.p[:7], send)
 }

@@ -182,8 +182,13 @@ type trace struct {
 func (n *network) lookupFrom(self int, target kbucket.ID) trace {
 	t := n.tables[self]
 	start := n.now
+	var near float64
+	if n.cfg.ConvergeAlpha == n.cfg.Alpha {
+		// As the real driver does (query.go lookupNear).
+		near = lookup.NearFactor * kbucket.KthDistance(n.keys[self], t.Nearest(n.keys[self], n.cfg.K), n.cfg.K)
+	}
 	l := lookup.New(target, n.ids[self], t.Nearest(target, n.cfg.K), lookup.Config{
-		K: n.cfg.K, Alpha: n.cfg.Alpha, Beta: n.cfg.Beta, ConvergeAlpha: n.cfg.ConvergeAlpha,
+		K: n.cfg.K, Alpha: n.cfg.Alpha, Beta: n.cfg.Beta, ConvergeAlpha: n.cfg.ConvergeAlpha, Near: near,
 	})
 	var pending []reply
 	for {
