@@ -113,13 +113,13 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 	if len(seeds) == 0 {
 		return nil, ErrNoPeers
 	}
-	selfKey := kbucket.PeerKey(d.self)
 	l := lookup.New(target, d.self, seeds, lookup.Config{
 		K: k, Alpha: d.cfg.concurrency, ConvergeAlpha: d.cfg.convergeAlpha, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
-		Near: d.lookupNear(selfKey, k, o.stopsEarly),
+		Near: d.lookupNear(k, o.stopsEarly),
 	})
 	d.stats.lookups.Add(1)
-	replies := make(chan queryReply, d.cfg.concurrency)
+	// Near requests can take the requests in flight up to max(alpha, k).
+	replies := make(chan queryReply, max(d.cfg.concurrency, k))
 	res := &lookupResult{}
 	inflight := 0
 	defer func() {
@@ -191,10 +191,11 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 // closest peers, with lookup.NearFactor's margin. 0 (off) for a lookup
 // that may stop early, and with ConvergeConcurrency set, whose point is to
 // send fewer requests.
-func (d *DHT) lookupNear(self kbucket.ID, k int, stopsEarly bool) float64 {
+func (d *DHT) lookupNear(k int, stopsEarly bool) float64 {
 	if stopsEarly || d.cfg.convergeAlpha != 0 {
 		return 0
 	}
+	self := kbucket.PeerKey(d.self)
 	return lookup.NearFactor * kbucket.KthDistance(self, d.rt.nearest(self, k), k)
 }
 

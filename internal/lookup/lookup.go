@@ -131,25 +131,17 @@ func New(target kbucket.ID, self peer.ID, seeds []peer.ID, cfg Config) *Lookup {
 		paths: make([]*path, cfg.Disjoint),
 	}
 	for i := range l.paths {
-		// Share Alpha exactly: the first Alpha%d paths get one extra slot.
-		budget := cfg.Alpha / cfg.Disjoint
-		if i < cfg.Alpha%cfg.Disjoint {
-			budget++
+		// Share each cap exactly: the first cap%d paths get one extra slot.
+		share := func(total int) int {
+			n := total / cfg.Disjoint
+			if i < total%cfg.Disjoint {
+				n++
+			}
+			return n
 		}
-		converge := cfg.ConvergeAlpha / cfg.Disjoint
-		if i < cfg.ConvergeAlpha%cfg.Disjoint {
-			converge++
-		}
-		first := cfg.FirstAlpha / cfg.Disjoint
-		if i < cfg.FirstAlpha%cfg.Disjoint {
-			first++
-		}
-		near := cfg.NearAlpha / cfg.Disjoint
-		if i < cfg.NearAlpha%cfg.Disjoint {
-			near++
-		}
-		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, near: max(near, budget),
-			converge: max(converge, 1), first: max(first, 1)}
+		budget := share(cfg.Alpha)
+		l.paths[i] = &path{cands: candidates{target: target}, budget: budget, near: max(share(cfg.NearAlpha), budget),
+			converge: max(share(cfg.ConvergeAlpha), 1), first: max(share(cfg.FirstAlpha), 1)}
 	}
 	if cfg.Disjoint == 1 {
 		l.all = &l.paths[0].cands
