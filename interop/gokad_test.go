@@ -119,30 +119,10 @@ func TestGoKadMixedNetwork(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const each = 5
-	var kads []*kad.DHT
-	var gos []*godht.IpfsDHT
+	kads, gos := mixedNet(t, ctx, each)
 	var all []peer.ID
 	for i := 0; i < each; i++ {
-		kads = append(kads, newKad(t))
-		gos = append(gos, newGoKad(t))
 		all = append(all, kads[i].Host().ID(), gos[i].Host().ID())
-	}
-	// Everyone joins through the first node of each implementation.
-	for i := 0; i < each; i++ {
-		if i > 0 {
-			connect(t, ctx, kads[i].Host(), kads[0].Host())
-			connect(t, ctx, gos[i].Host(), gos[0].Host())
-		}
-		connect(t, ctx, kads[i].Host(), gos[0].Host())
-		connect(t, ctx, gos[i].Host(), kads[0].Host())
-	}
-	for _, k := range kads {
-		eventually(t, 15*time.Second, "kad table non-empty", func() bool { return k.RoutingTable().Size() > 0 })
-		require.NoError(t, k.Bootstrap(ctx))
-	}
-	for _, g := range gos {
-		eventually(t, 15*time.Second, "go table non-empty", func() bool { return g.RoutingTable().Size() > 0 })
-		require.NoError(t, g.Bootstrap(ctx))
 	}
 	others := func(self peer.ID) []peer.ID {
 		var out []peer.ID

@@ -3,7 +3,6 @@ package interop
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,27 +43,9 @@ func startJS(t *testing.T, n int) []*jspeer.Peer {
 	t.Setenv("KAD_JSPEER_QUIET", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	peers := make([]*jspeer.Peer, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { peers[i], errs[i] = jspeer.Start(ctx, jsDir) })
-	}
-	wg.Wait()
-	for i, p := range peers {
-		if p == nil {
-			continue
-		}
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("stderr of js peer %d (%s):\n%s", i, p.ID, p.Stderr())
-			}
-			require.NoError(t, p.Close())
-		})
-	}
-	for _, err := range errs {
-		require.NoError(t, err, "starting the js peer (needs node and `npm ci` in interop/js)")
-	}
+	peers, err := jspeer.StartN(ctx, jsDir, n)
+	require.NoError(t, err, "starting the js peers (needs node and `npm ci` in interop/js)")
+	jspeer.CloseAtEnd(t, peers)
 	return peers
 }
 

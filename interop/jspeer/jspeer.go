@@ -130,6 +130,52 @@ type reply struct {
 	msg  string
 }
 
+// StartN starts n peers in parallel, as Start does. If any fails to start,
+// the others are closed and the errors are returned together.
+func StartN(ctx context.Context, dir string, n int) ([]*Peer, error) {
+	peers := make([]*Peer, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { peers[i], errs[i] = Start(ctx, dir) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, p := range peers {
+			if p != nil {
+				_ = p.Close()
+			}
+		}
+		return nil, err
+	}
+	return peers, nil
+}
+
+// TB is the part of testing.TB that CloseAtEnd uses.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Failed() bool
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+}
+
+// CloseAtEnd closes the peers when the test ends, logging each one's
+// stderr first if the test failed.
+func CloseAtEnd(t TB, peers []*Peer) {
+	t.Helper()
+	for i, p := range peers {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("stderr of js peer %d (%s):\n%s", i, p.ID, p.Stderr())
+			}
+			if err := p.Close(); err != nil {
+				t.Errorf("closing js peer %d: %v", i, err)
+			}
+		})
+	}
+}
+
 // Start runs `node peer.mjs` in dir (the interop/js folder) and waits for the
 // node to report its id and addresses. ctx bounds only the start; the process
 // lives until Close. Without a deadline on ctx, DefaultStartTimeout applies.

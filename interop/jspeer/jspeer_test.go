@@ -35,27 +35,9 @@ func startPeers(t *testing.T, n int) []*jspeer.Peer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	peers := make([]*jspeer.Peer, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { peers[i], errs[i] = jspeer.Start(ctx, jsDir) })
-	}
-	wg.Wait()
-	for i, p := range peers {
-		if p == nil {
-			continue
-		}
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("stderr of js peer %d (%s):\n%s", i, p.ID, p.Stderr())
-			}
-			require.NoError(t, p.Close())
-		})
-	}
-	for _, err := range errs {
-		require.NoError(t, err)
-	}
+	peers, err := jspeer.StartN(ctx, jsDir, n)
+	require.NoError(t, err)
+	jspeer.CloseAtEnd(t, peers)
 	return peers
 }
 
