@@ -84,7 +84,7 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 		target:    kbucket.KeyForBytes(key),
 		msg:       d.addProviderMsg(key, addrs),
 		k:         k,
-		near:      kbucket.KthDistance(kbucket.PeerKey(d.self), d.rt.nearest(kbucket.PeerKey(d.self), k), k),
+		near:      d.kthDistance(k),
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}

@@ -195,8 +195,14 @@ func (d *DHT) lookupNear(k int, stopsEarly bool) float64 {
 	if stopsEarly || d.cfg.convergeAlpha != 0 {
 		return 0
 	}
+	return lookup.NearFactor * d.kthDistance(k)
+}
+
+// kthDistance estimates the distance from any key to its k-th closest
+// peer from our own closest peers (kbucket.KthDistance).
+func (d *DHT) kthDistance(k int) float64 {
 	self := kbucket.PeerKey(d.self)
-	return lookup.NearFactor * kbucket.KthDistance(self, d.rt.nearest(self, k), k)
+	return kbucket.KthDistance(self, d.rt.nearest(self, k), k)
 }
 
 // noteFailure evicts a table peer we could not reach at all, and one that
