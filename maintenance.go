@@ -25,13 +25,17 @@ func (d *DHT) maintain() {
 	}
 	refresh := time.NewTicker(d.cfg.ext.refreshInterval)
 	defer refresh.Stop()
+	ticks := refresh.C
+	if d.cfg.ext.manualRefresh {
+		ticks = nil
+	}
 	low := time.NewTicker(d.lowWaterCheck())
 	defer low.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
-		case <-refresh.C:
+		case <-ticks:
 			d.refreshOnce(d.ctx)
 			d.saveTable(d.ctx)
 		case <-low.C:

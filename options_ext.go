@@ -14,8 +14,11 @@ import (
 type extConfig struct {
 	datastore       ds.Batching // nil: a fresh in-memory store
 	refreshInterval time.Duration
-	values          valuesConfig
-	providers       providersConfig
+	// manualRefresh stops the refresh ticker: the owner (a test) calls
+	// refreshOnce itself, so it knows when no upkeep is in flight.
+	manualRefresh bool
+	values        valuesConfig
+	providers     providersConfig
 }
 
 func defaultExt() extConfig {
