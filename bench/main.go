@@ -38,6 +38,7 @@ type options struct {
 	sims    []int
 	simOps  int
 	simConv int
+	simNear float64
 	simA    int
 	simDC   bool
 	quiet   bool
@@ -64,6 +65,7 @@ func parse(args []string) (*options, error) {
 	simOps := fs.Int("sim-lookups", 500, "lookups measured per phase in the simulator")
 	simDC := fs.Bool("sim-disconnect-checks", false, "in the simulator, live nodes evict stopped table peers at once, as kad's disconnect checks do when table peers stay connected")
 	simA := fs.Int("sim-alpha", 0, "requests in flight per simulated lookup; 0: kad's default (10)")
+	simNear := fs.Float64("sim-near", 0, "in the simulator, the factor on the estimated k-th closest distance within which candidates are asked at once (lookup.NearFactor); 0: kad's, negative: off")
 	simConv := fs.Int("sim-converge", 0, "requests in flight while a simulated lookup converges (kad's ConvergeConcurrency); 0: alpha")
 	quiet := fs.Bool("q", false, "log only warnings")
 	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
@@ -72,7 +74,7 @@ func parse(args []string) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	o := &options{out: *out, tag: *tag, simOps: *simOps, simConv: *simConv, simA: *simA, simDC: *simDC, quiet: *quiet, replot: *replot, merge: *merge}
+	o := &options{out: *out, tag: *tag, simOps: *simOps, simConv: *simConv, simNear: *simNear, simA: *simA, simDC: *simDC, quiet: *quiet, replot: *replot, merge: *merge}
 	for _, name := range strings.Split(*impl, ",") {
 		switch strings.TrimSpace(name) {
 		case "":

@@ -26,7 +26,7 @@ func (o *options) simulate() error {
 	// collect more often rather than let the heap double before a GC.
 	defer debug.SetGCPercent(debug.SetGCPercent(25))
 	for _, n := range o.sims {
-		cfg := sim.Config{N: n, Seed: o.p.Seed, Lookups: o.simOps, Churn: o.p.Churn, Alpha: o.simA, ConvergeAlpha: o.simConv, DisconnectChecks: o.simDC,
+		cfg := sim.Config{N: n, Seed: o.p.Seed, Lookups: o.simOps, Churn: o.p.Churn, Alpha: o.simA, ConvergeAlpha: o.simConv, NearFactor: o.simNear, DisconnectChecks: o.simDC,
 			LatencyMin: o.p.Latency.Min, LatencyMax: o.p.Latency.Max, Logger: o.p.Log.With("sim", n)}
 		start := time.Now()
 		res, err := sim.Run(cfg)
@@ -46,6 +46,9 @@ func (o *options) simulate() error {
 	}
 	if o.simConv != 0 {
 		base += fmt.Sprintf("-converge%d", o.simConv)
+	}
+	if o.simNear != 0 {
+		base += fmt.Sprintf("-near%g", o.simNear)
 	}
 	if o.simDC {
 		base += "-disconnect-checks"
@@ -75,8 +78,8 @@ func simMarkdown(runs []simRun) string {
 		return ""
 	}
 	c := runs[0].Result.Config
-	fmt.Fprintf(&b, "kad simulator: k = %d, alpha = %d (%d while converging), beta = %d, link latency %v-%v one way, %d lookups per phase, churn %.0f%%, disconnect checks %v, seed %d\n\n",
-		c.K, c.Alpha, c.ConvergeAlpha, c.Beta, c.LatencyMin, c.LatencyMax, c.Lookups, c.Churn*100, c.DisconnectChecks, c.Seed)
+	fmt.Fprintf(&b, "kad simulator: k = %d, alpha = %d (%d while converging), beta = %d, near factor %g, link latency %v-%v one way, %d lookups per phase, churn %.0f%%, disconnect checks %v, seed %d\n\n",
+		c.K, c.Alpha, c.ConvergeAlpha, c.Beta, c.NearFactor, c.LatencyMin, c.LatencyMax, c.Lookups, c.Churn*100, c.DisconnectChecks, c.Seed)
 	b.WriteString("| nodes | table size | recall | all 20 found | RPCs / lookup | hops mean (p50 / p95 / max) | latency p50 / p95 | after churn: recall of live | dead returned | RPCs (failed) | records found | wall | heap |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|\n")
 	for _, r := range runs {

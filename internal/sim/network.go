@@ -183,9 +183,9 @@ func (n *network) lookupFrom(self int, target kbucket.ID) trace {
 	t := n.tables[self]
 	start := n.now
 	var near float64
-	if n.cfg.ConvergeAlpha == n.cfg.Alpha {
+	if n.cfg.ConvergeAlpha == n.cfg.Alpha && n.cfg.NearFactor > 0 {
 		// As the real driver does (query.go lookupNear).
-		near = lookup.NearFactor * kbucket.KthDistance(n.keys[self], t.Nearest(n.keys[self], n.cfg.K), n.cfg.K)
+		near = n.cfg.NearFactor * kbucket.KthDistance(n.keys[self], t.Nearest(n.keys[self], n.cfg.K), n.cfg.K)
 	}
 	l := lookup.New(target, n.ids[self], t.Nearest(target, n.cfg.K), lookup.Config{
 		K: n.cfg.K, Alpha: n.cfg.Alpha, Beta: n.cfg.Beta, ConvergeAlpha: n.cfg.ConvergeAlpha, Near: near,

@@ -26,6 +26,10 @@ type Config struct {
 	// ConvergeAlpha caps the requests in flight until the Beta closest
 	// answered, as kad's ConvergeConcurrency option does. Default Alpha.
 	ConvergeAlpha int
+	// NearFactor scales the estimated distance to the K-th closest peer
+	// into the lookups' Near distance, as lookup.NearFactor does for kad;
+	// negative turns Near off. Default lookup.NearFactor.
+	NearFactor float64
 	// Seed makes the run reproducible: node ids, link latencies, who joins
 	// through whom, the keys looked up and who stops. Default 0.
 	Seed uint64
@@ -70,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Beta == 0 {
 		c.Beta = min(lookup.DefaultBeta, c.K)
+	}
+	if c.NearFactor == 0 {
+		c.NearFactor = lookup.NearFactor
 	}
 	if c.ConvergeAlpha == 0 {
 		c.ConvergeAlpha = c.Alpha
