@@ -71,7 +71,11 @@ type DHT struct {
 
 	ctx    context.Context // lifetime, cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine the DHT starts
+	wg     sync.WaitGroup // every goroutine the DHT starts (see goOwned)
+	// ownMu orders goroutine starts before Close's wait: goOwned and
+	// enter add to wg under the read lock, Close sets closed under the
+	// write lock, so no goroutine joins wg once Close is waiting.
+	ownMu sync.RWMutex
 
 	modeMu    sync.Mutex
 	serving   bool
@@ -202,7 +206,9 @@ func (d *DHT) Mode() ModeOpt {
 // close the host. It is safe to call more than once.
 func (d *DHT) Close() error {
 	d.closeOnce.Do(func() {
+		d.ownMu.Lock()
 		d.closed.Store(true)
+		d.ownMu.Unlock()
 		d.setServing(false)
 		d.h.Network().StopNotify(d.notifiee())
 		d.cancel()
@@ -215,6 +221,35 @@ func (d *DHT) Close() error {
 		d.closeErr = errors.Join(saveErr, d.closeExt(), d.closeTelemetry())
 	})
 	return d.closeErr
+}
+
+// enter counts the calling goroutine in wg, so Close waits for it, unless
+// Close has begun; the caller then must not go on, and must call wg.Done
+// when it returns true. Goroutines the DHT starts outside New go through
+// here (or goOwned), because they may start while Close is waiting. One
+// already counted may start others with a plain wg.Add: the count cannot
+// drop to zero under it.
+func (d *DHT) enter() bool {
+	d.ownMu.RLock()
+	defer d.ownMu.RUnlock()
+	if d.closed.Load() {
+		return false
+	}
+	d.wg.Add(1)
+	return true
+}
+
+// goOwned runs f on a goroutine owned by the DHT, and reports false,
+// without running f, if Close has begun.
+func (d *DHT) goOwned(f func()) bool {
+	if !d.enter() {
+		return false
+	}
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // setServing registers or removes the stream handler; the host tells
@@ -323,14 +358,15 @@ func (d *DHT) consider(p peer.ID) {
 		d.verifying.Delete(p)
 		return
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer func() { <-d.verifySem; d.verifying.Delete(p) }()
+	release := func() { <-d.verifySem; d.verifying.Delete(p) }
+	if !d.goOwned(func() {
+		defer release()
 		if d.probe(d.ctx, p) == nil {
 			d.admit(p)
 		}
-	}()
+	}) {
+		release()
+	}
 }
 
 // probe asks p a FIND_NODE for its own id and checks it answers.

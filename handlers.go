@@ -33,11 +33,10 @@ func (d *DHT) coreHandlers() map[int32]handlerFunc {
 // handleStream serves requests on one inbound stream until the peer
 // closes it, it stays idle too long, or a request is bad.
 func (d *DHT) handleStream(s network.Stream) {
-	if d.closed.Load() {
+	if !d.enter() {
 		_ = s.Reset()
 		return
 	}
-	d.wg.Add(1)
 	defer d.wg.Done()
 	from := s.Conn().RemotePeer()
 	release, err := d.admitStream(s, from)

@@ -3,13 +3,16 @@ package kad
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
@@ -122,4 +125,77 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	}
 	require.NoError(t, tn.mn.Close())
 	goleak.VerifyNone(t, before)
+}
+
+// Close while every kind of call is running on the node, and while its
+// peers keep sending it requests: each call returns, and no goroutine of
+// the node outlives Close. Goroutines started by calls that lose the race
+// with Close are either counted before Close waits or never started.
+func TestCloseDuringCalls(t *testing.T) {
+	tn := newTestNet(t, 10, 170, valueOpts()...)
+	r := rand.New(rand.NewPCG(171, 0))
+	ctx := testCtx(t, time.Minute)
+	cids := make([]cid.Cid, 8)
+	for i := range cids {
+		cids[i] = provCID(t, r)
+	}
+	calls := []func(d *DHT, i int) error{
+		func(d *DHT, i int) error { _, err := d.GetClosestPeers(ctx, fmt.Sprintf("k%d", i)); return err },
+		func(d *DHT, i int) error { return d.PutValue(ctx, "/test/close", []byte(fmt.Sprintf("%d:v", i))) },
+		func(d *DHT, i int) error { _, err := d.GetValue(ctx, "/test/close"); return err },
+		func(d *DHT, i int) error {
+			ch, err := d.SearchValue(ctx, "/test/close")
+			if err != nil {
+				return err
+			}
+			for range ch {
+			}
+			return nil
+		},
+		func(d *DHT, i int) error { return d.Provide(ctx, cids[i%len(cids)], true) },
+		func(d *DHT, i int) error {
+			for range d.FindProvidersAsync(ctx, cids[i%len(cids)], 0) {
+			}
+			if d.closed.Load() {
+				return ErrClosed // the channel only closes
+			}
+			return nil
+		},
+		func(d *DHT, i int) error { _, err := d.FindPeer(ctx, tn.nodes[i%len(tn.nodes)].self); return err },
+	}
+	victims := tn.nodes[:4]
+	var wg sync.WaitGroup
+	for _, d := range tn.nodes {
+		for ci, call := range calls {
+			wg.Go(func() {
+				// Until the node closes (bounded all the same).
+				for i := 0; i < 10_000 && !d.closed.Load(); i++ {
+					_ = call(d, ci*100+i)
+				}
+				if d.closed.Load() {
+					require.ErrorIs(t, call(d, 0), ErrClosed, "call %d after Close", ci)
+				}
+			})
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, d := range victims {
+		require.NoError(t, d.Close())
+	}
+	for _, d := range tn.nodes[len(victims):] {
+		require.NoError(t, d.Close())
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		buf := make([]byte, 1<<22)
+		t.Fatalf("calls still running 30 s after Close:\n%s", buf[:runtime.Stack(buf, true)])
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(ourGoroutines()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Empty(t, ourGoroutines(), "goroutines of ours left after Close")
 }

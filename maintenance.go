@@ -138,10 +138,11 @@ func (d *DHT) onBucketFull(candidate peer.ID) {
 		d.verifying.Delete(oldest)
 		return
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer func() { <-d.verifySem; d.verifying.Delete(oldest) }()
+	release := func() { <-d.verifySem; d.verifying.Delete(oldest) }
+	if !d.goOwned(func() {
+		defer release()
 		d.checkPeer(d.ctx, oldest)
-	}()
+	}) {
+		release()
+	}
 }

@@ -186,12 +186,16 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	for r := range runs {
 		lo, hi := r*len(keys)/runs, (r+1)*len(keys)/runs
 		walkers.Add(1)
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
+		if !d.goOwned(func() {
 			defer walkers.Done()
 			w.walk(ctx, keys[lo:hi])
-		}()
+		}) {
+			// Closing: this run's keys reach no one.
+			walkers.Done()
+			w.mu.Lock()
+			w.rep.KeysMissed += hi - lo
+			w.mu.Unlock()
+		}
 	}
 	walkers.Wait()
 	w.sends.Wait()
@@ -201,10 +205,10 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	if reached > 0 {
 		return rep, nil
 	}
+	if d.closed.Load() {
+		return rep, ErrClosed
+	}
 	if err := ctx.Err(); err != nil {
-		if d.closed.Load() {
-			return rep, ErrClosed
-		}
 		return rep, fmt.Errorf("kad: provide many: %w", err)
 	}
 	if lookupErr != nil {

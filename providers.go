@@ -218,12 +218,13 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	stopLife := context.AfterFunc(d.ctx, cancel)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer close(out)
-		defer cancel()
-		defer stopLife()
+	end := func() {
+		stopLife()
+		cancel()
+		close(out)
+	}
+	if !d.goOwned(func() {
+		defer end()
 		err := d.findProviders(ctx, key, count, func(ctx context.Context, ai peer.AddrInfo) bool {
 			select {
 			case out <- ai:
@@ -235,7 +236,9 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 		if err != nil {
 			d.log.Debug("find providers", "cid", c, "err", err)
 		}
-	}()
+	}) {
+		end()
+	}
 	return out
 }
 

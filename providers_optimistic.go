@@ -88,14 +88,15 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	if !d.goOwned(func() {
 		stopLife := context.AfterFunc(d.ctx, cancel)
 		defer stopLife()
 		defer cancel()
 		r.run(key)
-	}()
+	}) {
+		cancel()
+		return ErrClosed
+	}
 
 	returnAfter := (provideReturnNum*k + provideReturnDen - 1) / provideReturnDen
 	for {

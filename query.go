@@ -135,16 +135,17 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 			break
 		}
 		for _, p := range send {
-			inflight++
-			d.wg.Add(1)
-			go func(p peer.ID) {
-				defer d.wg.Done()
+			if !d.goOwned(func() {
 				closer, stop, err := fn(ctx, p)
 				select {
 				case replies <- queryReply{p: p, closer: closer, stop: stop, err: err}:
 				case <-ctx.Done():
 				}
-			}(p)
+			}) {
+				res.closest = l.Result()
+				return res, fmt.Errorf("kad: lookup: %w", ErrClosed)
+			}
+			inflight++
 		}
 		if inflight == 0 {
 			break
@@ -281,6 +282,9 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 	defer func() { endSpan(span, err) }()
 	if err := id.Validate(); err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer: %w", err)
+	}
+	if d.closed.Load() {
+		return peer.AddrInfo{}, ErrClosed
 	}
 	if id == d.self {
 		return peer.AddrInfo{ID: id, Addrs: d.h.Addrs()}, nil

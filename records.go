@@ -338,16 +338,17 @@ func (d *DHT) putToPeers(ctx context.Context, key string, value []byte, peers []
 	defer stop()
 	for _, p := range peers {
 		wg.Add(1)
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
+		if !d.goOwned(func() {
 			defer wg.Done()
 			if err := d.putToPeer(ctx, p, key, value); err != nil {
 				errOnce.Do(func() { firstErr = err })
 				return
 			}
 			accepted.Add(1)
-		}()
+		}) {
+			wg.Done()
+			errOnce.Do(func() { firstErr = ErrClosed })
+		}
 	}
 	wg.Wait()
 	if firstErr == nil && len(peers) == 0 {
@@ -406,9 +407,7 @@ func (d *DHT) SearchValue(ctx context.Context, key string, opts ...routing.Optio
 		return nil, err
 	}
 	out := make(chan []byte)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	if !d.goOwned(func() {
 		defer close(out)
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -423,7 +422,9 @@ func (d *DHT) SearchValue(ctx context.Context, key string, opts ...routing.Optio
 		if err != nil {
 			d.log.Debug("search value ended", "key", key, "err", err)
 		}
-	}()
+	}) {
+		return nil, fmt.Errorf("kad: search value: %w", ErrClosed)
+	}
 	return out, nil
 }
 
@@ -551,16 +552,14 @@ func (d *DHT) repair(key string, best, local []byte, closest []peer.ID, answers 
 			d.log.Debug("refresh local record", "key", key, "err", err)
 		}
 	}
-	if len(stale) == 0 || d.closed.Load() {
+	if len(stale) == 0 {
 		return
 	}
 	d.log.Debug("repairing stale peers", "key", key, "peers", len(stale))
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	d.goOwned(func() {
 		n, err := d.putToPeers(d.ctx, key, best, stale)
 		if n < len(stale) {
 			d.log.Debug("repair incomplete", "key", key, "repaired", n, "of", len(stale), "err", err)
 		}
-	}()
+	})
 }
