@@ -165,12 +165,9 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(2 + lostPeerWorkers)
+	d.wg.Add(2)
 	go d.eventLoop(sub)
 	go d.maintain()
-	for range lostPeerWorkers {
-		go d.checkLostPeers()
-	}
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)

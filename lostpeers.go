@@ -24,43 +24,61 @@ const (
 	lostPeerCooldown = time.Minute
 )
 
-// lostPeers is the queue of table peers to check after a disconnect.
+// lostPeers is the queue of table peers to check after a disconnect, and
+// the count of workers draining it: up to lostPeerWorkers, started by push
+// when the queue has work, gone when they find it empty, so an idle node
+// runs none.
 type lostPeers struct {
 	mu      sync.Mutex
 	queue   []peer.ID
 	queued  map[peer.ID]bool
 	checked map[peer.ID]time.Time // last check, for the cooldown
-	wake    chan struct{}
+	workers int
 }
 
 func newLostPeers() *lostPeers {
-	return &lostPeers{queued: make(map[peer.ID]bool), checked: make(map[peer.ID]time.Time), wake: make(chan struct{}, 1)}
+	return &lostPeers{queued: make(map[peer.ID]bool), checked: make(map[peer.ID]time.Time)}
 }
 
 // push queues p unless it is queued already or was checked recently. The
-// queue holds table peers only, so it is bounded by the table's size.
-func (l *lostPeers) push(p peer.ID, now time.Time) {
+// queue holds table peers only, so it is bounded by the table's size. It
+// reports whether the caller must start a worker (which then calls pop
+// until it reports false), or call workerGone if it cannot.
+func (l *lostPeers) push(p peer.ID, now time.Time) (startWorker bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.queued[p] {
-		return
+		return false
 	}
 	if at, ok := l.checked[p]; ok && now.Sub(at) < lostPeerCooldown {
-		return
+		return false
 	}
 	l.queued[p] = true
 	l.queue = append(l.queue, p)
-	select {
-	case l.wake <- struct{}{}:
-	default:
+	if l.workers < lostPeerWorkers {
+		l.workers++
+		return true
 	}
+	return false
 }
 
-// pop takes the next peer to check, if any, and starts its cooldown.
+// workerGone records that a worker push asked for will not run, or
+// stopped early.
+func (l *lostPeers) workerGone() {
+	l.mu.Lock()
+	l.workers--
+	l.mu.Unlock()
+}
+
+// pop takes the next peer to check, if any, and starts its cooldown. On
+// an empty queue it reports false and counts the calling worker gone: the
+// check and the count change under one lock, so a push either sees the
+// worker still running or finds one slot free to start another.
 func (l *lostPeers) pop(now time.Time) (peer.ID, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.queue) == 0 {
+		l.workers--
 		return "", false
 	}
 	p := l.queue[0]
@@ -76,12 +94,6 @@ func (l *lostPeers) pop(now time.Time) (peer.ID, bool) {
 			}
 		}
 	}
-	if len(l.queue) > 0 {
-		select {
-		case l.wake <- struct{}{}:
-		default:
-		}
-	}
 	return p, true
 }
 
@@ -92,29 +104,27 @@ func (d *DHT) peerDisconnected(n network.Network, p peer.ID) {
 	if d.closed.Load() || n.Connectedness(p) == network.Connected || !d.rt.Find(p) {
 		return
 	}
-	d.lost.push(p, time.Now())
+	if d.lost.push(p, time.Now()) && !d.goOwned(d.checkLostPeers) {
+		d.lost.workerGone()
+	}
 }
 
-// checkLostPeers is one of the workers that check disconnected table
-// peers, until Close.
+// checkLostPeers is a worker that checks disconnected table peers until
+// the queue is empty or the DHT closes.
 func (d *DHT) checkLostPeers() {
-	defer d.wg.Done()
 	for {
-		select {
-		case <-d.ctx.Done():
+		if d.ctx.Err() != nil {
+			d.lost.workerGone()
 			return
-		case <-d.lost.wake:
 		}
-		for d.ctx.Err() == nil {
-			p, ok := d.lost.pop(time.Now())
-			if !ok {
-				break
-			}
-			// Reconnected meanwhile, or already gone: nothing to learn.
-			if d.h.Network().Connectedness(p) == network.Connected || !d.rt.Find(p) {
-				continue
-			}
-			d.checkPeer(d.ctx, p)
+		p, ok := d.lost.pop(time.Now())
+		if !ok {
+			return
 		}
+		// Reconnected meanwhile, or already gone: nothing to learn.
+		if d.h.Network().Connectedness(p) == network.Connected || !d.rt.Find(p) {
+			continue
+		}
+		d.checkPeer(d.ctx, p)
 	}
 }

@@ -1,6 +1,7 @@
 package kad
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -74,9 +75,9 @@ func TestLostPeersQueue(t *testing.T) {
 	l := newLostPeers()
 	now := time.Unix(1_700_000_000, 0)
 	a, b := peer.ID("a"), peer.ID("b")
-	l.push(a, now)
-	l.push(a, now)
-	l.push(b, now)
+	require.True(t, l.push(a, now), "first work: start a worker")
+	require.False(t, l.push(a, now), "queued already")
+	require.True(t, l.push(b, now), "a second worker, up to lostPeerWorkers")
 	p, ok := l.pop(now)
 	require.True(t, ok)
 	require.Equal(t, a, p)
@@ -86,8 +87,30 @@ func TestLostPeersQueue(t *testing.T) {
 	require.Equal(t, b, p, "a was checked a second ago: not queued again")
 	_, ok = l.pop(now)
 	require.False(t, ok)
-	l.push(a, now.Add(lostPeerCooldown))
+	_, ok = l.pop(now)
+	require.False(t, ok, "both workers found the queue empty and are gone")
+	require.Zero(t, l.workers)
+	require.True(t, l.push(a, now.Add(lostPeerCooldown)), "no worker left: start one")
 	p, ok = l.pop(now.Add(lostPeerCooldown))
 	require.True(t, ok)
 	require.Equal(t, a, p, "after the cooldown a is checked again")
+
+	// Workers are capped: with lostPeerWorkers running, more work only
+	// queues, and a worker that finds the queue empty frees its slot.
+	l = newLostPeers()
+	var started int
+	for i := range 3 * lostPeerWorkers {
+		if l.push(peer.ID(fmt.Sprint(i)), now) {
+			started++
+		}
+	}
+	require.Equal(t, lostPeerWorkers, started)
+	for range 3 * lostPeerWorkers {
+		_, ok := l.pop(now)
+		require.True(t, ok)
+	}
+	_, ok = l.pop(now)
+	require.False(t, ok)
+	require.Equal(t, lostPeerWorkers-1, l.workers)
+	require.True(t, l.push("late", now), "a slot is free again")
 }
