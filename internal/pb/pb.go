@@ -221,6 +221,20 @@ func (p *Peer) marshal(b []byte) []byte {
 // in m alias b: callers must not reuse b while m is in use.
 func (m *Message) Unmarshal(b []byte) error {
 	*m = Message{}
+	// Size the peer lists first, and give their addresses one shared
+	// backing array: a 20-peer answer then costs three allocations, not
+	// one per peer and address.
+	closer, providers := countPeers(b)
+	if closer > 0 {
+		m.CloserPeers = make([]Peer, 0, closer)
+	}
+	if providers > 0 {
+		m.ProviderPeers = make([]Peer, 0, providers)
+	}
+	var addrs [][]byte
+	if closer+providers > 0 {
+		addrs = make([][]byte, 0, 2*(closer+providers))
+	}
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -266,7 +280,7 @@ func (m *Message) Unmarshal(b []byte) error {
 				return fmt.Errorf("%w: bad peer", ErrMalformed)
 			}
 			var p Peer
-			if err := p.unmarshal(v); err != nil {
+			if err := p.unmarshal(v, &addrs); err != nil {
 				return err
 			}
 			if num == fMsgCloser {
@@ -286,6 +300,33 @@ func (m *Message) Unmarshal(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// countPeers counts the closer and provider peer fields of an encoded
+// Message, stopping quietly at the first malformed field: Unmarshal
+// reports it.
+func countPeers(b []byte) (closer, providers int) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return
+		}
+		b = b[n:]
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return
+		}
+		b = b[n:]
+		if typ == protowire.BytesType {
+			switch num {
+			case fMsgCloser:
+				closer++
+			case fMsgProviders:
+				providers++
+			}
+		}
+	}
+	return
 }
 
 func (r *Record) unmarshal(b []byte) error {
@@ -323,7 +364,16 @@ func (r *Record) unmarshal(b []byte) error {
 	return nil
 }
 
-func (p *Peer) unmarshal(b []byte) error {
+// unmarshal decodes b into p. Its addresses are appended to *arena, and
+// p.Addrs is the part of the arena they take, capped so that appending to
+// it cannot overwrite the next peer's.
+func (p *Peer) unmarshal(b []byte, arena *[][]byte) error {
+	start := len(*arena)
+	defer func() {
+		if end := len(*arena); end > start {
+			p.Addrs = (*arena)[start:end:end]
+		}
+	}()
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -339,7 +389,7 @@ func (p *Peer) unmarshal(b []byte) error {
 			if num == fPeerID {
 				p.ID = v
 			} else {
-				p.Addrs = append(p.Addrs, v)
+				*arena = append(*arena, v)
 			}
 			b = b[n:]
 		case num == fPeerConnection && typ == protowire.VarintType:

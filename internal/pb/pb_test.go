@@ -104,3 +104,26 @@ func FuzzUnmarshal(f *testing.F) {
 		require.Equal(t, enc, again.Marshal(nil))
 	})
 }
+
+// Decoded peers share one backing array for their addresses, each slice
+// capped at its own: appending to one peer's addresses leaves the next
+// peer's intact, and a peer without addresses has none.
+func TestUnmarshalAddrsIsolated(t *testing.T) {
+	in := &Message{Type: FindNode, CloserPeers: []Peer{
+		{ID: []byte("a"), Addrs: [][]byte{[]byte("a1"), []byte("a2")}},
+		{ID: []byte("b")},
+		{ID: []byte("c"), Addrs: [][]byte{[]byte("c1")}},
+	}, ProviderPeers: []Peer{{ID: []byte("p"), Addrs: [][]byte{[]byte("p1")}}}}
+	var m Message
+	require.NoError(t, m.Unmarshal(in.Marshal(nil)))
+	require.Equal(t, in, &m)
+	require.Nil(t, m.CloserPeers[1].Addrs)
+	for i := range m.CloserPeers {
+		p := &m.CloserPeers[i]
+		require.Equal(t, len(p.Addrs), cap(p.Addrs), "peer %d", i)
+		p.Addrs = append(p.Addrs, []byte("extra"))
+	}
+	require.Equal(t, [][]byte{[]byte("c1")}, in.CloserPeers[2].Addrs)
+	require.Equal(t, [][]byte{[]byte("c1"), []byte("extra")}, m.CloserPeers[2].Addrs)
+	require.Equal(t, [][]byte{[]byte("p1")}, m.ProviderPeers[0].Addrs, "the provider's address is untouched")
+}
