@@ -345,22 +345,30 @@ func (d *DHT) consider(p peer.ID) {
 	if !d.rt.hasRoom(p) {
 		return
 	}
+	d.verify(p, func() {
+		if d.probe(d.ctx, p) == nil {
+			d.admit(p)
+		}
+	})
+}
+
+// verify runs check, a check of p, on a goroutine owned by the DHT, unless
+// p is being checked already or verifySem's checks are all running: the
+// peer will come up again.
+func (d *DHT) verify(p peer.ID, check func()) {
 	if _, busy := d.verifying.LoadOrStore(p, struct{}{}); busy {
 		return
 	}
 	select {
 	case d.verifySem <- struct{}{}:
 	default:
-		// Too many checks at once: this peer will come up again.
 		d.verifying.Delete(p)
 		return
 	}
 	release := func() { <-d.verifySem; d.verifying.Delete(p) }
 	if !d.goOwned(func() {
 		defer release()
-		if d.probe(d.ctx, p) == nil {
-			d.admit(p)
-		}
+		check()
 	}) {
 		release()
 	}

@@ -129,20 +129,5 @@ func (d *DHT) onBucketFull(candidate peer.ID) {
 	if !ok {
 		return
 	}
-	if _, busy := d.verifying.LoadOrStore(oldest, struct{}{}); busy {
-		return
-	}
-	select {
-	case d.verifySem <- struct{}{}:
-	default:
-		d.verifying.Delete(oldest)
-		return
-	}
-	release := func() { <-d.verifySem; d.verifying.Delete(oldest) }
-	if !d.goOwned(func() {
-		defer release()
-		d.checkPeer(d.ctx, oldest)
-	}) {
-		release()
-	}
+	d.verify(oldest, func() { d.checkPeer(d.ctx, oldest) })
 }

@@ -369,11 +369,6 @@ func (r *Record) unmarshal(b []byte) error {
 // it cannot overwrite the next peer's.
 func (p *Peer) unmarshal(b []byte, arena *[][]byte) error {
 	start := len(*arena)
-	defer func() {
-		if end := len(*arena); end > start {
-			p.Addrs = (*arena)[start:end:end]
-		}
-	}()
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -408,6 +403,9 @@ func (p *Peer) unmarshal(b []byte, arena *[][]byte) error {
 			}
 			b = b[n:]
 		}
+	}
+	if end := len(*arena); end > start {
+		p.Addrs = (*arena)[start:end:end]
 	}
 	return nil
 }
