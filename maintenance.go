@@ -36,8 +36,7 @@ func (d *DHT) maintain() {
 		case <-d.ctx.Done():
 			return
 		case <-ticks:
-			d.refreshOnce(d.ctx)
-			d.saveTable(d.ctx)
+			d.refreshAndSave(d.ctx)
 		case <-low.C:
 			if d.rt.Size() < d.lowWater() && len(d.cfg.bootstrapPeers) > 0 {
 				d.log.Debug("routing table below low water mark: bootstrapping", "size", d.rt.Size())
@@ -55,6 +54,15 @@ func (d *DHT) lowWater() int { return max(1, d.cfg.bucketSize/4) }
 // lowWaterCheck is how often the table size is checked against lowWater.
 func (d *DHT) lowWaterCheck() time.Duration {
 	return min(time.Minute, d.cfg.ext.refreshInterval)
+}
+
+// refreshAndSave is what each refresh tick does: a round of upkeep, then
+// the table is saved for the next run.
+func (d *DHT) refreshAndSave(ctx context.Context) {
+	d.refreshOnce(ctx)
+	if err := d.saveTable(ctx); err != nil && ctx.Err() == nil {
+		d.log.Warn("saving the routing table failed", "err", err)
+	}
 }
 
 // refreshOnce is one round of upkeep: liveness checks, a self-lookup,

@@ -68,10 +68,7 @@ func TestSoakChurn(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, i := range live {
 			d := tn.nodes[i]
-			wg.Go(func() {
-				d.refreshOnce(ctx)
-				d.saveTable(ctx)
-			})
+			wg.Go(func() { d.refreshAndSave(ctx) })
 		}
 		wg.Wait()
 	}
