@@ -222,8 +222,8 @@ func (p *Peer) marshal(b []byte) []byte {
 func (m *Message) Unmarshal(b []byte) error {
 	*m = Message{}
 	// Size the peer lists first, and give their addresses one shared
-	// backing array: a 20-peer answer then costs three allocations, not
-	// one per peer and address.
+	// backing array: a 20-peer answer then costs two allocations (three
+	// with providers), not one per peer and address.
 	closer, providers := countPeers(b)
 	if closer > 0 {
 		m.CloserPeers = make([]Peer, 0, closer)
