@@ -94,10 +94,21 @@ type DHT struct {
 	tel        telemetry
 	rngMu      sync.Mutex
 	rng        *rand.Rand
+
+	started      time.Time     // when New ran: the table is young for a while
+	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
 }
 
 // New starts a DHT on h. The context is used only during construction;
-// the DHT lives until Close. It does not contact any peer: call Bootstrap.
+// the DHT lives until Close.
+//
+// With random walk on (the default) the node reaches out by itself: when
+// a peer enters a small or young routing table, whether the host dialled
+// it, it dialled the host, or it was there before New, the node looks
+// itself up and refreshes its buckets, one run at a time, within seconds.
+// An application that connects its host to a few peers by any means needs
+// nothing more. Bootstrap is the explicit, awaitable way to join through
+// the BootstrapPeers, and the only one with random walk off.
 func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	if h == nil {
 		return nil, fmt.Errorf("%w: nil host", ErrInvalidOption)
@@ -132,6 +143,9 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		verifySem: make(chan struct{}, 8),
 		lost:      newLostPeers(),
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+
+		started:      time.Now(),
+		discoverKick: make(chan struct{}, 1),
 	}
 	d.rt = newRoutingTable(d.self, cfg.bucketSize)
 	d.rt.onChange = d.peerChanged
@@ -387,6 +401,7 @@ func (d *DHT) peerChanged(p peer.ID, added bool) {
 		if f := d.cfg.onPeerAdded; f != nil {
 			f(p)
 		}
+		d.kickDiscovery()
 		return
 	}
 	d.log.Debug("peer removed", "peer", p)

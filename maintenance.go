@@ -17,7 +17,8 @@ const maintainConcurrency = 8
 // interval it checks peers not heard from lately, runs a self-lookup and
 // looks up a random key in each bucket not looked up recently; every
 // lowWaterCheck it re-bootstraps if the table has shrunk below the low
-// water mark. It does nothing at all when random walk is off.
+// water mark; and it runs the discovery runs asked for by kickDiscovery.
+// It does nothing at all when random walk is off.
 func (d *DHT) maintain() {
 	defer d.wg.Done()
 	if !d.cfg.randomWalk {
@@ -31,10 +32,23 @@ func (d *DHT) maintain() {
 	}
 	low := time.NewTicker(d.lowWaterCheck())
 	defer low.Stop()
+	// discoverAt fires discoverDelay after a discovery request; nil
+	// while none waits.
+	var discoverAt <-chan time.Time
+	kicks := d.discoverKick
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
+		case <-kicks:
+			// Stop listening until the run: requests made meanwhile
+			// stay in the channel and ask for the next one.
+			kicks = nil
+			discoverAt = time.After(discoverDelay)
+		case <-discoverAt:
+			discoverAt = nil
+			d.discover()
+			kicks = d.discoverKick
 		case <-ticks:
 			d.refreshAndSave(d.ctx)
 		case <-low.C:

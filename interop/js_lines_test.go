@@ -61,6 +61,23 @@ func TestJSLinePeers(t *testing.T) {
 	}
 }
 
+// TestJSLineDiscovery: kad nodes with default options (server mode, no
+// Bootstrap call) at both ends of a line whose middle is a js peer come to
+// hold each other, through their own discovery, within seconds.
+func TestJSLineDiscovery(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := node{js: startJS(t, 1)[0]}
+	a, c := node{kad: newKad(t)}, node{kad: newKad(t)}
+	start := time.Now()
+	a.dial(t, ctx, b)
+	c.dial(t, ctx, b)
+	eventually(t, 20*time.Second, "the kad ends hold each other", func() bool {
+		return a.kad.RoutingTable().Find(c.id()) && c.kad.RoutingTable().Find(a.id())
+	})
+	t.Logf("kad ends hold each other %v after dialling the js middle", time.Since(start).Round(time.Millisecond))
+}
+
 // recordLines are the lines of TestJSLineRecords: a publishes, c reads.
 // js-kad-kad and kad-kad-js are the same line with the roles swapped.
 var recordLines = [][3]string{

@@ -37,10 +37,13 @@ func (greatestWins) Select(_ string, vals [][]byte) (int, error) {
 }
 
 // newJSKad starts a kad server that, like the js peer, accepts the "v"
-// namespace.
+// namespace. Its random walk is off: these cases check what each request
+// finds through the nodes the test linked, and a kad node's background
+// discovery would connect the ends of a line by itself
+// (TestJSLineDiscovery tests that).
 func newJSKad(t *testing.T) *kad.DHT {
 	t.Helper()
-	return newKad(t, kad.NamespacedValidator("v", greatestWins{}))
+	return newKad(t, kad.NamespacedValidator("v", greatestWins{}), kad.RandomWalk(false))
 }
 
 // put stores value under key through n, and checks it reached at least
