@@ -28,7 +28,7 @@ const maxRefreshCPL = 15
 func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	ctx, span := d.startSpan(ctx, "Bootstrap")
 	defer func() { endSpan(span, err) }()
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return ErrClosed
 	}
 	if err := d.connectBootstrapPeers(ctx); err != nil && d.rt.Size() == 0 {

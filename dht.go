@@ -41,7 +41,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -66,22 +65,16 @@ type DHT struct {
 	self     peer.ID
 
 	rt     *RoutingTable
-	sender *sender
+	msgr   messenger
 	stats  stats
 
-	ctx    context.Context // lifetime, cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine the DHT starts (see goOwned)
-	// ownMu orders goroutine starts before Close's wait: goOwned and
-	// enter add to wg under the read lock, Close sets closed under the
-	// write lock, so no goroutine joins wg once Close is waiting.
-	ownMu sync.RWMutex
+	ctx context.Context // lifetime, cancelled by Close (own.ctx)
+	own *owner          // every goroutine the DHT starts
 
 	modeMu    sync.Mutex
 	serving   bool
 	closeOnce sync.Once
 	closeErr  error
-	closed    atomic.Bool
 
 	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
 	verifySem  chan struct{} // bounds admission checks
@@ -131,15 +124,16 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("kad: new: %w", err)
 	}
-	lctx, cancel := context.WithCancel(context.Background())
+	own := newOwner()
+	cancel := func() { own.shutdown(func() {}) }
 	d := &DHT{
 		h:         h,
 		cfg:       cfg,
 		log:       cfg.logger.With("component", "kad", "self", h.ID()),
 		protocol:  protocol.ID(string(cfg.prefix) + "/kad/1.0.0"),
 		self:      h.ID(),
-		ctx:       lctx,
-		cancel:    cancel,
+		ctx:       own.ctx,
+		own:       own,
 		verifySem: make(chan struct{}, 8),
 		lost:      newLostPeers(),
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
@@ -153,7 +147,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.rt.div = newDiversity(*cfg.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(h.Peerstore().Addrs(p)) }
 	}
-	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
+	d.msgr = newLibp2pMessenger(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
 	if err := d.initTelemetry(); err != nil {
@@ -179,16 +173,14 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		d.setServing(true)
 	}
 	h.Network().Notify(d.notifiee())
-	d.wg.Add(2)
-	go d.eventLoop(sub)
-	go d.maintain()
+	own.spawn(func() { d.eventLoop(sub) })
+	own.spawn(d.maintain)
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
 		d.consider(p)
 	}
 	d.startExt()
-	d.wg.Add(1)
-	go d.loadTable()
+	own.spawn(d.loadTable)
 	return d, nil
 }
 
@@ -217,13 +209,10 @@ func (d *DHT) Mode() ModeOpt {
 // close the host. It is safe to call more than once.
 func (d *DHT) Close() error {
 	d.closeOnce.Do(func() {
-		d.ownMu.Lock()
-		d.closed.Store(true)
-		d.ownMu.Unlock()
-		d.setServing(false)
-		d.h.Network().StopNotify(d.notifiee())
-		d.cancel()
-		d.wg.Wait()
+		d.own.shutdown(func() {
+			d.setServing(false)
+			d.h.Network().StopNotify(d.notifiee())
+		})
 		// Save the table for the next run, with a fresh, short context:
 		// the lifetime one is already cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -234,35 +223,6 @@ func (d *DHT) Close() error {
 	return d.closeErr
 }
 
-// enter counts the calling goroutine in wg, so Close waits for it, unless
-// Close has begun; the caller then must not go on, and must call wg.Done
-// when it returns true. Goroutines the DHT starts outside New go through
-// here (or goOwned), because they may start while Close is waiting. One
-// already counted may start others with a plain wg.Add: the count cannot
-// drop to zero under it.
-func (d *DHT) enter() bool {
-	d.ownMu.RLock()
-	defer d.ownMu.RUnlock()
-	if d.closed.Load() {
-		return false
-	}
-	d.wg.Add(1)
-	return true
-}
-
-// goOwned runs f on a goroutine owned by the DHT, and reports false,
-// without running f, if Close has begun.
-func (d *DHT) goOwned(f func()) bool {
-	if !d.enter() {
-		return false
-	}
-	go func() {
-		defer d.wg.Done()
-		f()
-	}()
-	return true
-}
-
 // setServing registers or removes the stream handler; the host tells
 // connected peers through identify.
 func (d *DHT) setServing(on bool) {
@@ -271,7 +231,7 @@ func (d *DHT) setServing(on bool) {
 	if on == d.serving {
 		return
 	}
-	if on && d.closed.Load() {
+	if on && d.own.isClosed() {
 		return
 	}
 	d.serving = on
@@ -284,7 +244,6 @@ func (d *DHT) setServing(on bool) {
 }
 
 func (d *DHT) eventLoop(sub event.Subscription) {
-	defer d.wg.Done()
 	defer sub.Close()
 	for {
 		select {
@@ -320,25 +279,6 @@ func (d *DHT) onReachability(r network.Reachability) {
 	}
 }
 
-// every runs f every interval on a goroutine owned by the DHT, until
-// Close. f runs on that goroutine, so runs never overlap.
-func (d *DHT) every(interval time.Duration, f func()) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-d.ctx.Done():
-				return
-			case <-t.C:
-				f()
-			}
-		}
-	}()
-}
-
 // supportsDHT reports whether identify says p speaks our protocol.
 func (d *DHT) supportsDHT(p peer.ID) bool {
 	protos, err := d.h.Peerstore().SupportsProtocols(p, d.protocol)
@@ -349,7 +289,7 @@ func (d *DHT) supportsDHT(p peer.ID) bool {
 // and is not in the table: p is admitted only once it answers a FIND_NODE
 // for its own id, so unresponsive servers cannot poison the table.
 func (d *DHT) consider(p peer.ID) {
-	if p == d.self || d.closed.Load() || d.rt.Find(p) || !d.supportsDHT(p) {
+	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) {
 		return
 	}
 	// A probe costs the peer a request: spend it only when the peer could
@@ -380,7 +320,7 @@ func (d *DHT) verify(p peer.ID, check func()) {
 		return
 	}
 	release := func() { <-d.verifySem; d.verifying.Delete(p) }
-	if !d.goOwned(func() {
+	if !d.own.spawn(func() {
 		defer release()
 		check()
 	}) {
@@ -412,7 +352,7 @@ func (d *DHT) peerChanged(p peer.ID, added bool) {
 
 // admit adds a peer that has proven to be a live server.
 func (d *DHT) admit(p peer.ID) {
-	if p == d.self || d.closed.Load() {
+	if p == d.self || d.own.isClosed() {
 		return
 	}
 	if d.rt.add(p, time.Now()) == kbucket.Pending {

@@ -33,11 +33,11 @@ func (d *DHT) coreHandlers() map[int32]handlerFunc {
 // handleStream serves requests on one inbound stream until the peer
 // closes it, it stays idle too long, or a request is bad.
 func (d *DHT) handleStream(s network.Stream) {
-	if !d.enter() {
+	if !d.own.enter() {
 		_ = s.Reset()
 		return
 	}
-	defer d.wg.Done()
+	defer d.own.leave()
 	from := s.Conn().RemotePeer()
 	release, err := d.admitStream(s, from)
 	if err != nil {

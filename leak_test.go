@@ -156,7 +156,7 @@ func TestCloseDuringCalls(t *testing.T) {
 		func(d *DHT, i int) error {
 			for range d.FindProvidersAsync(ctx, cids[i%len(cids)], 0) {
 			}
-			if d.closed.Load() {
+			if d.own.isClosed() {
 				return ErrClosed // the channel only closes
 			}
 			return nil
@@ -169,10 +169,10 @@ func TestCloseDuringCalls(t *testing.T) {
 		for ci, call := range calls {
 			wg.Go(func() {
 				// Until the node closes (bounded all the same).
-				for i := 0; i < 10_000 && !d.closed.Load(); i++ {
+				for i := 0; i < 10_000 && !d.own.isClosed(); i++ {
 					_ = call(d, ci*100+i)
 				}
-				if d.closed.Load() {
+				if d.own.isClosed() {
 					require.ErrorIs(t, call(d, 0), ErrClosed, "call %d after Close", ci)
 				}
 			})

@@ -101,10 +101,10 @@ func (l *lostPeers) pop(now time.Time) (peer.ID, bool) {
 // connection to it is left. It runs in the swarm's notification path, so
 // it must not block.
 func (d *DHT) peerDisconnected(n network.Network, p peer.ID) {
-	if d.closed.Load() || n.Connectedness(p) == network.Connected || !d.rt.Find(p) {
+	if d.own.isClosed() || n.Connectedness(p) == network.Connected || !d.rt.Find(p) {
 		return
 	}
-	if d.lost.push(p, time.Now()) && !d.goOwned(d.checkLostPeers) {
+	if d.lost.push(p, time.Now()) && !d.own.spawn(d.checkLostPeers) {
 		d.lost.workerGone()
 	}
 }

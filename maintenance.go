@@ -20,7 +20,6 @@ const maintainConcurrency = 8
 // water mark; and it runs the discovery runs asked for by kickDiscovery.
 // It does nothing at all when random walk is off.
 func (d *DHT) maintain() {
-	defer d.wg.Done()
 	if !d.cfg.randomWalk {
 		return
 	}

@@ -41,9 +41,14 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, wri
 			d.observeOutbound(m.Type, start, e)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	return d.msgr.sendOneWay(ctx, p, msgs, written)
+}
+
+// sendOneWay writes msgs on a stream of their own (see DHT.sendOneWay).
+func (m *libp2pMessenger) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (n int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
 	defer cancel()
-	s, err := d.openStream(ctx, p)
+	s, err := openStream(ctx, m.h, p, m.protos)
 	if err != nil {
 		return 0, fmt.Errorf("open stream to %s: %w", p, err)
 	}
@@ -66,8 +71,8 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, wri
 		buf, pending = buf[:0], 0
 		return nil
 	}
-	for _, m := range msgs {
-		buf = wire.AppendMsg(buf, m)
+	for _, msg := range msgs {
+		buf = wire.AppendMsg(buf, msg)
 		pending++
 		if len(buf) >= oneWayWriteSize {
 			if err := flush(); err != nil {

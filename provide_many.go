@@ -143,7 +143,7 @@ func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (Provide
 // provideKeys stores keys locally and announces them region by region.
 func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, error) {
 	var rep ProvideReport
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return rep, ErrClosed
 	}
 	store := d.ext.providers.store
@@ -186,7 +186,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	for r := range runs {
 		lo, hi := r*len(keys)/runs, (r+1)*len(keys)/runs
 		walkers.Add(1)
-		if !d.goOwned(func() {
+		if !d.own.spawn(func() {
 			defer walkers.Done()
 			w.walk(ctx, keys[lo:hi])
 		}) {
@@ -205,7 +205,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	if reached > 0 {
 		return rep, nil
 	}
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return rep, ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
@@ -295,9 +295,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 				w.rep.Streams++
 				w.mu.Unlock()
 				w.sends.Add(1)
-				d.wg.Add(1)
-				go func() {
-					defer d.wg.Done()
+				started := d.own.spawn(func() {
 					defer w.sends.Done()
 					defer func() { <-w.sem }()
 					n, err := d.sendOneWay(ctx, p, chunk, nil)
@@ -310,7 +308,12 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 					if err != nil {
 						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
 					}
-				}()
+				})
+				if !started { // closing
+					w.sends.Done()
+					<-w.sem
+					return
+				}
 			}
 		}
 	}

@@ -97,7 +97,7 @@ func (d *DHT) startProviders() {
 	if d.ext.providers.builtin == nil {
 		return
 	}
-	d.every(providerSweepInterval, d.sweepProviders)
+	d.own.every(providerSweepInterval, d.sweepProviders)
 }
 
 // sweepProviders runs one full pass over the built-in store, in bounded
@@ -151,7 +151,7 @@ func checkProviderKey(key []byte) error {
 func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error) {
 	ctx, span := d.startSpan(ctx, "Provide")
 	defer func() { endSpan(span, err) }()
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return ErrClosed
 	}
 	store := d.ext.providers.store
@@ -223,7 +223,7 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 		cancel()
 		close(out)
 	}
-	if !d.goOwned(func() {
+	if !d.own.spawn(func() {
 		defer end()
 		err := d.findProviders(ctx, key, count, func(ctx context.Context, ai peer.AddrInfo) bool {
 			select {
@@ -243,7 +243,7 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 }
 
 func (d *DHT) checkFind(c cid.Cid, count int) ([]byte, error) {
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return nil, ErrClosed
 	}
 	if d.ext.providers.store == nil {

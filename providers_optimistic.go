@@ -88,7 +88,7 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
-	if !d.goOwned(func() {
+	if !d.own.spawn(func() {
 		stopLife := context.AfterFunc(d.ctx, cancel)
 		defer stopLife()
 		defer cancel()
@@ -203,9 +203,7 @@ func (r *provideRun) send(p peer.ID) {
 	r.pending++
 	r.mu.Unlock()
 	r.sends.Add(1)
-	r.d.wg.Add(1)
-	go func() {
-		defer r.d.wg.Done()
+	started := r.d.own.spawn(func() {
 		defer r.sends.Done()
 		_, err := r.d.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
 			r.mu.Lock()
@@ -223,5 +221,12 @@ func (r *provideRun) send(p peer.ID) {
 		}
 		r.mu.Unlock()
 		r.poke()
-	}()
+	})
+	if !started { // closing: nothing was sent
+		r.sends.Done()
+		r.mu.Lock()
+		r.pending--
+		r.mu.Unlock()
+		r.poke()
+	}
 }

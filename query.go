@@ -100,7 +100,7 @@ func (d *DHT) runLookupWith(ctx context.Context, target kbucket.ID, fn queryFunc
 // runLookupOpts is runLookup with options.
 func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc, o lookupOpts) (*lookupResult, error) {
 	hook := o.hook
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return nil, ErrClosed
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.lookupTimeout)
@@ -135,7 +135,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 			break
 		}
 		for _, p := range send {
-			if !d.goOwned(func() {
+			if !d.own.spawn(func() {
 				closer, stop, err := fn(ctx, p)
 				select {
 				case replies <- queryReply{p: p, closer: closer, stop: stop, err: err}:
@@ -232,7 +232,7 @@ func (d *DHT) learnAddrs(peers []peer.AddrInfo) {
 func (d *DHT) request(ctx context.Context, p peer.ID, req *pb.Message) (resp *pb.Message, err error) {
 	start := time.Now()
 	defer func() { d.observeOutbound(req.Type, start, err) }()
-	resp, err = d.sender.request(ctx, p, req)
+	resp, err = d.msgr.request(ctx, p, req)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +283,7 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 	if err := id.Validate(); err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer: %w", err)
 	}
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return peer.AddrInfo{}, ErrClosed
 	}
 	if id == d.self {

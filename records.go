@@ -138,7 +138,7 @@ func (d *DHT) startValues() {
 		return
 	}
 	every := min(recordSweepInterval, max(d.cfg.ext.values.maxRecordAge/2, time.Second))
-	d.every(every, d.sweepRecords)
+	d.own.every(every, d.sweepRecords)
 }
 
 // sweepRecords runs sweep steps until no expired record is left, yielding
@@ -256,7 +256,7 @@ func (d *DHT) handleGetValue(ctx context.Context, from peer.ID, req *pb.Message)
 
 // valueOptions applies routing options for the values API.
 func (d *DHT) valueOptions(op, key string, opts []routing.Option) (*routing.Options, error) {
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return nil, ErrClosed
 	}
 	if !d.ext.values.on {
@@ -338,7 +338,7 @@ func (d *DHT) putToPeers(ctx context.Context, key string, value []byte, peers []
 	defer stop()
 	for _, p := range peers {
 		wg.Add(1)
-		if !d.goOwned(func() {
+		if !d.own.spawn(func() {
 			defer wg.Done()
 			if err := d.putToPeer(ctx, p, key, value); err != nil {
 				errOnce.Do(func() { firstErr = err })
@@ -407,7 +407,7 @@ func (d *DHT) SearchValue(ctx context.Context, key string, opts ...routing.Optio
 		return nil, err
 	}
 	out := make(chan []byte)
-	if !d.goOwned(func() {
+	if !d.own.spawn(func() {
 		defer close(out)
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -556,7 +556,7 @@ func (d *DHT) repair(key string, best, local []byte, closest []peer.ID, answers 
 		return
 	}
 	d.log.Debug("repairing stale peers", "key", key, "peers", len(stale))
-	d.goOwned(func() {
+	d.own.spawn(func() {
 		n, err := d.putToPeers(d.ctx, key, best, stale)
 		if n < len(stale) {
 			d.log.Debug("repair incomplete", "key", key, "repaired", n, "of", len(stale), "err", err)

@@ -52,7 +52,7 @@ func (d *DHT) StartProviding(ctx context.Context, keys ...cid.Cid) error {
 	if !d.cfg.reprovide.enabled {
 		return ErrReprovideDisabled
 	}
-	if d.closed.Load() {
+	if d.own.isClosed() {
 		return ErrClosed
 	}
 	pks := make([]provKey, 0, len(keys))
@@ -126,11 +126,7 @@ func (d *DHT) startReprovider() {
 		progress: rc.progress,
 		log:      d.log,
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		r.run(d.ctx)
-	}()
+	d.own.spawn(func() { r.run(d.ctx) })
 }
 
 // reprovider walks the regions of the keyspace on schedule. It touches

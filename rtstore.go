@@ -93,7 +93,6 @@ func (d *DHT) savedPeers(ctx context.Context) ([]peer.AddrInfo, error) {
 // loadTable reconnects to the peers saved by a previous run, in the
 // background: each is admitted only once it answers, as any new peer.
 func (d *DHT) loadTable() {
-	defer d.wg.Done()
 	peers, err := d.savedPeers(d.ctx)
 	if err != nil {
 		d.log.Debug("load routing table", "err", err)

@@ -67,8 +67,3 @@ func (s *lazyStream) CloseWrite() error {
 	}
 	return s.Stream.CloseWrite()
 }
-
-// openStream opens a stream to p for the DHT's protocol.
-func (d *DHT) openStream(ctx context.Context, p peer.ID) (network.Stream, error) {
-	return openStream(ctx, d.h, p, []protocol.ID{d.protocol})
-}

@@ -18,24 +18,38 @@ import (
 // ErrNoResponse is returned when a peer closes a stream without answering.
 var ErrNoResponse = errors.New("kad: peer sent no response")
 
-// sender sends requests to peers, one stream per request. Streams are
-// not kept for reuse: with the protocol proposed lazily (openStream) a
-// fresh stream costs no round trip, while an idle pooled one would pin a
-// handler goroutine and buffers on the peer, and goroutines here, for
-// the few requests it might save.
-type sender struct {
+// messenger is the node's one seam to the network: everything a node
+// sends goes through it. libp2pMessenger is the real one; a simulated
+// network puts its own in its place. Answers to other peers' requests
+// come back through serve, which whatever carries their requests calls.
+type messenger interface {
+	// request sends req to p and returns p's answer, within the request
+	// timeout.
+	request(ctx context.Context, p peer.ID, req *pb.Message) (*pb.Message, error)
+	// sendOneWay delivers msgs, which get no answer (ADD_PROVIDER), to p
+	// and returns how many were written; written, if not nil, is called
+	// once all are. An error means they may not have arrived.
+	sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (int, error)
+}
+
+// libp2pMessenger sends messages on libp2p streams, one stream per
+// request. Streams are not kept for reuse: with the protocol proposed
+// lazily (openStream) a fresh stream costs no round trip, while an idle
+// pooled one would pin a handler goroutine and buffers on the peer, and
+// goroutines here, for the few requests it might save.
+type libp2pMessenger struct {
 	h       host.Host
 	protos  []protocol.ID
 	timeout time.Duration
 	maxMsg  int
 }
 
-func newSender(h host.Host, protos []protocol.ID, timeout time.Duration, maxMsg int) *sender {
-	return &sender{h: h, protos: protos, timeout: timeout, maxMsg: maxMsg}
+func newLibp2pMessenger(h host.Host, protos []protocol.ID, timeout time.Duration, maxMsg int) *libp2pMessenger {
+	return &libp2pMessenger{h: h, protos: protos, timeout: timeout, maxMsg: maxMsg}
 }
 
 // request sends req to p on a new stream and returns its response.
-func (s *sender) request(ctx context.Context, p peer.ID, req *pb.Message) (*pb.Message, error) {
+func (s *libp2pMessenger) request(ctx context.Context, p peer.ID, req *pb.Message) (*pb.Message, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	st, err := openStream(ctx, s.h, p, s.protos)
