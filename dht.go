@@ -21,13 +21,15 @@
 // Values live in namespaces: a key "/<ns>/..." is stored, served and read
 // only by nodes with a validator for <ns> (NamespacedValidator), which
 // decides what is valid and which of two values is better. Every node of a
-// network must run the same validators; only "pk" is built in. Provider
-// records need no validator: a peer announces only itself, with its
-// addresses, under a CID's multihash.
+// network must run the same validators. Built in are "pk" (public keys)
+// and, under the default "/ipfs" prefix only, "ipns" (IPNS records, as
+// every Amino peer validates them); a network with its own prefix starts
+// from "pk" alone. Provider records need no validator: a peer announces
+// only itself, with its addresses, under a CID's multihash.
 //
 // The protocol id is "<prefix>/kad/1.0.0". The default prefix "/ipfs"
-// joins the Amino DHT (give it its bootstrap peers); a private network
-// picks its own with ProtocolPrefix and never mixes with it.
+// joins the Amino DHT: give it AminoBootstrapPeers. A private network
+// picks its own prefix with ProtocolPrefix and never mixes with it.
 //
 // The examples directory has runnable programs: a phone book on a network
 // of twenty nodes (examples/phonebook) and content routing with fetching

@@ -89,7 +89,7 @@ func defaults() config {
 		concurrency:     10,
 		resiliency:      3,
 		disjointPaths:   1,
-		prefix:          "/ipfs",
+		prefix:          aminoPrefix,
 		mode:            ModeAuto,
 		requestTimeout:  10 * time.Second,
 		lookupTimeout:   time.Minute,

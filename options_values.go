@@ -10,13 +10,16 @@ import (
 )
 
 // Validator replaces the whole record validator: v alone decides which
-// records are valid and which of two is better, for every key, the pk
-// namespace included. Use it to plug in a validator you already have; to
-// add one namespace next to the default pk validator use
+// records are valid and which of two is better, for every key, the pk and
+// ipns namespaces included. Use it to plug in a validator you already
+// have; to add one namespace next to the default ones use
 // NamespacedValidator instead. When v is a record.NamespacedValidator,
 // NamespacedValidator options add to (a copy of) it; with any other
 // validator they are an error. Default: a record.NamespacedValidator with
-// only "pk" (record.PublicKeyValidator).
+// "pk" (record.PublicKeyValidator) and, under the default "/ipfs" prefix
+// only, "ipns" (boxo's ipns.Validator, reading keys that records do not
+// embed from the host's peerstore), the two namespaces Amino peers serve;
+// with another ProtocolPrefix, "pk" alone.
 func Validator(v record.Validator) Option {
 	return func(c *config) error {
 		c.ext.values.validator = v
@@ -26,12 +29,14 @@ func Validator(v record.Validator) Option {
 }
 
 // NamespacedValidator makes keys "/<ns>/..." valid when v accepts them,
-// next to the default pk namespace; a later call for the same ns wins.
-// Keys of namespaces without a validator are refused, so a node never
-// stores or serves data it cannot check. On the public Amino network
+// next to the default namespaces; it replaces a default one of the same
+// name ("pk", or "ipns" under the "/ipfs" prefix), and a later call for
+// the same ns wins. Keys of namespaces without a validator are refused,
+// so a node never stores or serves data it cannot check: a private
+// network that wants IPNS adds it here. On the public Amino network
 // (prefix "/ipfs") other peers accept only "pk" and "ipns", so records of
 // any other namespace only reach peers configured like this one.
-// Default: none besides pk.
+// Default: none besides pk, and ipns under "/ipfs".
 func NamespacedValidator(ns string, v record.Validator) Option {
 	return func(c *config) error {
 		c.ext.values.namespaces = append(c.ext.values.namespaces, nsValidator{ns: ns, v: v})

@@ -10,8 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ipfs/boxo/ipns"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 
 	"github.com/kadlib/kad/internal/kbucket"
@@ -89,13 +92,23 @@ func (v *valuesConfig) validate(c *config) []error {
 	return errs
 }
 
+// aminoPrefix is the protocol prefix of the public Amino DHT, where every
+// peer validates the pk and ipns namespaces.
+const aminoPrefix protocol.ID = "/ipfs"
+
 // buildValidator returns the validator to use, never sharing a map with
-// the caller's options.
-func (v *valuesConfig) buildValidator() record.Validator {
+// the caller's options. The default is pk, plus ipns under the Amino
+// prefix: there every go and js peer runs the IPNS validator, while a
+// private network decides for itself which namespaces it serves. keys
+// gives the IPNS validator the public keys that records do not embed.
+func (v *valuesConfig) buildValidator(prefix protocol.ID, keys peerstore.KeyBook) record.Validator {
 	var nv record.NamespacedValidator
 	switch base := v.validator.(type) {
 	case nil:
 		nv = record.NamespacedValidator{"pk": record.PublicKeyValidator{}}
+		if prefix == aminoPrefix {
+			nv["ipns"] = ipns.Validator{KeyBook: keys}
+		}
 	case record.NamespacedValidator:
 		nv = make(record.NamespacedValidator, len(base)+len(v.namespaces))
 		for ns, val := range base {
@@ -124,7 +137,7 @@ func (d *DHT) initValues() error {
 	}
 	d.ext.values = valuesState{
 		on:        true,
-		validator: vc.buildValidator(),
+		validator: vc.buildValidator(d.cfg.prefix, d.h.Peerstore()),
 		store:     records.New(d.ext.ds, vc.maxRecordAge, time.Now),
 	}
 	d.handlers[int32(pb.PutValue)] = d.handlePutValue

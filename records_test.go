@@ -3,16 +3,21 @@ package kad
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ipfs/boxo/ipns"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
+	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/stretchr/testify/require"
 
@@ -143,41 +148,95 @@ func TestBuildValidator(t *testing.T) {
 	require.NoError(t, err)
 	pkKey := "/pk/" + string(id)
 
+	soon := time.Now().Add(time.Hour)
+	ipnsName := ipnsKey(id)
+	ipnsRec := ipnsRecord(t, sk, 1, soon)
+	oldSK, oldID := ipnsIdentity(t)
+	expired := ipnsRecord(t, oldSK, 1, time.Now().Add(-time.Minute))
+	// An ECDSA key is not inlined in its peer id: a record that does not
+	// embed it validates only with the key from the peerstore.
+	ecSK, ecPub, err := crypto.GenerateECDSAKeyPair(crand.Reader)
+	require.NoError(t, err)
+	ecID, err := peer.IDFromPublicKey(ecPub)
+	require.NoError(t, err)
+	ecRec := ipnsRecord(t, ecSK, 1, soon, ipns.WithPublicKey(false))
+	withKey, err := pstoremem.NewPeerstore()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = withKey.Close() })
+	require.NoError(t, withKey.AddPubKey(ecID, ecPub))
+	noKey, err := pstoremem.NewPeerstore()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = noKey.Close() })
+
 	mine := record.NamespacedValidator{"a": seqValidator{}}
 	tests := []struct {
 		name    string
+		prefix  protocol.ID
+		keys    peerstore.KeyBook
 		vc      valuesConfig
 		valid   map[string][]byte // key -> value that must validate
 		invalid map[string][]byte
 	}{
 		{
-			name:    "default: pk only",
+			name:    "default on /ipfs: pk and ipns",
+			prefix:  "/ipfs",
 			vc:      defaultValuesConfig(),
-			valid:   map[string][]byte{pkKey: pkBytes},
-			invalid: map[string][]byte{"/ipns/x": []byte("1:x"), "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
+			valid:   map[string][]byte{pkKey: pkBytes, ipnsName: ipnsRec},
+			invalid: map[string][]byte{ipnsKey(oldID): expired, "/ipns/x": ipnsRec, "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
 		},
 		{
-			name:    "namespace added next to pk",
+			name:    "default on another prefix: pk only",
+			prefix:  "/myapp",
+			vc:      defaultValuesConfig(),
+			valid:   map[string][]byte{pkKey: pkBytes},
+			invalid: map[string][]byte{ipnsName: ipnsRec, "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
+		},
+		{
+			name:   "ipns key from the peerstore",
+			prefix: "/ipfs",
+			keys:   withKey,
+			vc:     defaultValuesConfig(),
+			valid:  map[string][]byte{ipnsKey(ecID): ecRec},
+		},
+		{
+			name:    "ipns key not in the peerstore",
+			prefix:  "/ipfs",
+			keys:    noKey,
+			vc:      defaultValuesConfig(),
+			invalid: map[string][]byte{ipnsKey(ecID): ecRec},
+		},
+		{
+			name:    "namespace added next to pk and ipns",
+			prefix:  "/ipfs",
 			vc:      valuesConfig{namespaces: []nsValidator{{"test", seqValidator{}}}},
-			valid:   map[string][]byte{pkKey: pkBytes, "/test/x": []byte("1:x")},
+			valid:   map[string][]byte{pkKey: pkBytes, ipnsName: ipnsRec, "/test/x": []byte("1:x")},
 			invalid: map[string][]byte{"/test/x": []byte("1:bad"), "/ipns/x": []byte("1:x")},
 		},
 		{
+			name:    "namespace replaces ipns",
+			prefix:  "/ipfs",
+			vc:      valuesConfig{namespaces: []nsValidator{{"ipns", seqValidator{}}}},
+			valid:   map[string][]byte{pkKey: pkBytes, ipnsName: []byte("1:x")},
+			invalid: map[string][]byte{ipnsKey(oldID): ipnsRec},
+		},
+		{
 			name:    "custom validator replaces all",
+			prefix:  "/ipfs",
 			vc:      valuesConfig{validator: seqValidator{}},
 			valid:   map[string][]byte{"/anything/x": []byte("1:x")},
-			invalid: map[string][]byte{pkKey: pkBytes},
+			invalid: map[string][]byte{pkKey: pkBytes, ipnsName: ipnsRec},
 		},
 		{
 			name:    "namespaced validator merged",
+			prefix:  "/ipfs",
 			vc:      valuesConfig{validator: mine, namespaces: []nsValidator{{"b", seqValidator{}}}},
 			valid:   map[string][]byte{"/a/x": []byte("1:x"), "/b/x": []byte("1:x")},
-			invalid: map[string][]byte{pkKey: pkBytes},
+			invalid: map[string][]byte{pkKey: pkBytes, ipnsName: ipnsRec},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v := tc.vc.buildValidator()
+			v := tc.vc.buildValidator(tc.prefix, tc.keys)
 			for k, val := range tc.valid {
 				require.NoError(t, v.Validate(k, val), k)
 			}
