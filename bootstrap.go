@@ -26,7 +26,7 @@ const maxRefreshCPL = 15
 // the buckets near us, and looks up a random key in each farther bucket,
 // up to 8 lookups at once. It is safe to call again at any time.
 func (d *DHT) Bootstrap(ctx context.Context) (err error) {
-	ctx, span := d.startSpan(ctx, "Bootstrap")
+	ctx, span := d.tel.startSpan(ctx, "Bootstrap")
 	defer func() { endSpan(span, err) }()
 	if d.own.isClosed() {
 		return ErrClosed

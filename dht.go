@@ -68,7 +68,6 @@ type DHT struct {
 
 	rt     *RoutingTable
 	msgr   messenger
-	stats  stats
 
 	ctx context.Context // lifetime, cancelled by Close (own.ctx)
 	own *owner          // every goroutine the DHT starts
@@ -86,7 +85,7 @@ type DHT struct {
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
-	tel        telemetry
+	tel        *telemetry
 	rngMu      sync.Mutex
 	rng        *rand.Rand
 
@@ -152,13 +151,15 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	d.msgr = newLibp2pMessenger(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
-	if err := d.initTelemetry(); err != nil {
+	tel, err := newTelemetry(cfg.meterProvider, cfg.tracerProvider, d.rt.Size)
+	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("kad: telemetry: %w", err)
 	}
+	d.tel = tel
 	if err := d.initExt(); err != nil {
 		cancel()
-		return nil, errors.Join(err, d.closeTelemetry())
+		return nil, errors.Join(err, d.tel.close())
 	}
 
 	sub, err := h.EventBus().Subscribe([]any{
@@ -168,7 +169,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	})
 	if err != nil {
 		cancel()
-		return nil, errors.Join(fmt.Errorf("kad: subscribe to host events: %w", err), d.closeExt(), d.closeTelemetry())
+		return nil, errors.Join(fmt.Errorf("kad: subscribe to host events: %w", err), d.closeExt(), d.tel.close())
 	}
 	switch cfg.mode {
 	case ModeServer, ModeAutoServer:
@@ -220,7 +221,7 @@ func (d *DHT) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		saveErr := d.saveTable(ctx)
 		cancel()
-		d.closeErr = errors.Join(saveErr, d.closeExt(), d.closeTelemetry())
+		d.closeErr = errors.Join(saveErr, d.closeExt(), d.tel.close())
 	})
 	return d.closeErr
 }

@@ -69,15 +69,15 @@ func (d *DHT) handleStream(s network.Stream) {
 			return
 		}
 		timer.Stop()
-		d.stats.inbound.Add(1)
+		d.tel.stats.inbound.Add(1)
 		if err := d.limiter.allow(from, time.Now()); err != nil {
-			d.observeInbound(req.Type, err)
+			d.tel.observeInbound(req.Type, err)
 			d.log.Debug("request refused", "peer", from, "type", req.Type, "err", err)
 			_ = s.Reset()
 			return
 		}
 		resp, err := d.serve(d.ctx, from, &req)
-		d.observeInbound(req.Type, err)
+		d.tel.observeInbound(req.Type, err)
 		if err != nil {
 			d.log.Debug("request rejected", "peer", from, "type", req.Type, "err", err)
 			_ = s.Reset()

@@ -45,19 +45,21 @@ type telemetry struct {
 	lookupRequests  metric.Int64Histogram
 	tableSize       metric.Int64ObservableGauge
 	reg             metric.Registration
+	stats           stats // the counters behind DHT.Stats
 }
 
-func (d *DHT) initTelemetry() error {
-	mp := d.cfg.meterProvider
+// newTelemetry makes the node's instruments on mp and tp (the global
+// providers when nil); tableSize is read when the table gauge is
+// collected.
+func newTelemetry(mp metric.MeterProvider, tp trace.TracerProvider, tableSize func() int) (*telemetry, error) {
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	tp := d.cfg.tracerProvider
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
 	m := mp.Meter(instrumentationName)
-	t := &d.tel
+	t := &telemetry{}
 	t.tracer = tp.Tracer(instrumentationName)
 	var err error
 	must := func(e error) {
@@ -85,18 +87,22 @@ func (d *DHT) initTelemetry() error {
 	t.tableSize, e = m.Int64ObservableGauge("kad.routing_table.size", metric.WithDescription("Peers in the routing table."))
 	must(e)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		o.ObserveInt64(t.tableSize, int64(d.rt.Size()))
+		o.ObserveInt64(t.tableSize, int64(tableSize()))
 		return nil
 	}, t.tableSize)
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
-func (d *DHT) closeTelemetry() error {
-	if d.tel.reg != nil {
-		return d.tel.reg.Unregister()
+// close unregisters the table gauge's callback.
+func (t *telemetry) close() error {
+	if t.reg != nil {
+		return t.reg.Unregister()
 	}
 	return nil
 }
@@ -106,36 +112,36 @@ func typeAttr(t pb.MessageType) metric.MeasurementOption {
 }
 
 // observeInbound records one request received.
-func (d *DHT) observeInbound(t pb.MessageType, err error) {
+func (t *telemetry) observeInbound(typ pb.MessageType, err error) {
 	ctx := context.Background()
-	d.tel.inbound.Add(ctx, 1, typeAttr(t))
+	t.inbound.Add(ctx, 1, typeAttr(typ))
 	if err != nil {
-		d.tel.inboundErrors.Add(ctx, 1, typeAttr(t))
+		t.inboundErrors.Add(ctx, 1, typeAttr(typ))
 	}
 }
 
 // observeOutbound records one request sent.
-func (d *DHT) observeOutbound(t pb.MessageType, start time.Time, err error) {
+func (t *telemetry) observeOutbound(typ pb.MessageType, start time.Time, err error) {
 	ctx := context.Background()
-	d.tel.outbound.Add(ctx, 1, typeAttr(t))
+	t.outbound.Add(ctx, 1, typeAttr(typ))
 	if err != nil {
-		d.tel.outboundErrors.Add(ctx, 1, typeAttr(t))
+		t.outboundErrors.Add(ctx, 1, typeAttr(typ))
 		return
 	}
-	d.tel.outboundLatency.Record(ctx, float64(time.Since(start).Microseconds())/1000, typeAttr(t))
+	t.outboundLatency.Record(ctx, float64(time.Since(start).Microseconds())/1000, typeAttr(typ))
 }
 
 // observeLookup records one finished lookup.
-func (d *DHT) observeLookup(hops, requests int) {
+func (t *telemetry) observeLookup(hops, requests int) {
 	ctx := context.Background()
-	d.tel.lookups.Add(ctx, 1)
-	d.tel.lookupHops.Record(ctx, int64(hops))
-	d.tel.lookupRequests.Record(ctx, int64(requests))
+	t.lookups.Add(ctx, 1)
+	t.lookupHops.Record(ctx, int64(hops))
+	t.lookupRequests.Record(ctx, int64(requests))
 }
 
 // startSpan starts the span of a public operation.
-func (d *DHT) startSpan(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	return d.tel.tracer.Start(ctx, "kad."+name, trace.WithAttributes(attrs...))
+func (t *telemetry) startSpan(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, "kad."+name, trace.WithAttributes(attrs...))
 }
 
 // endSpan ends a span, recording err.

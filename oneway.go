@@ -38,7 +38,7 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, wri
 			if i >= n {
 				e = err
 			}
-			d.observeOutbound(m.Type, start, e)
+			d.tel.observeOutbound(m.Type, start, e)
 		}
 	}()
 	return d.msgr.sendOneWay(ctx, p, msgs, written)

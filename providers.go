@@ -149,7 +149,7 @@ func checkProviderKey(key []byte) error {
 // owned by the DHT. It fails with ErrNoPeerReached if no peer could be
 // reached.
 func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error) {
-	ctx, span := d.startSpan(ctx, "Provide")
+	ctx, span := d.tel.startSpan(ctx, "Provide")
 	defer func() { endSpan(span, err) }()
 	if d.own.isClosed() {
 		return ErrClosed
@@ -186,7 +186,7 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error)
 // lookup finds), local ones first. It ends the lookup as soon as count are
 // found. An error is returned only when nothing was found.
 func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) (_ []peer.AddrInfo, err error) {
-	ctx, span := d.startSpan(ctx, "FindProviders")
+	ctx, span := d.tel.startSpan(ctx, "FindProviders")
 	defer func() { endSpan(span, err) }()
 	key, err := d.checkFind(c, count)
 	if err != nil {

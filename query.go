@@ -42,11 +42,11 @@ type stats struct {
 // Stats returns the counters so far.
 func (d *DHT) Stats() Stats {
 	return Stats{
-		Lookups:         d.stats.lookups.Load(),
-		LookupRequests:  d.stats.lookupRequests.Load(),
-		LookupHops:      d.stats.lookupHops.Load(),
-		OutboundFailed:  d.stats.outboundFailed.Load(),
-		InboundRequests: d.stats.inbound.Load(),
+		Lookups:         d.tel.stats.lookups.Load(),
+		LookupRequests:  d.tel.stats.lookupRequests.Load(),
+		LookupHops:      d.tel.stats.lookupHops.Load(),
+		OutboundFailed:  d.tel.stats.outboundFailed.Load(),
+		InboundRequests: d.tel.stats.inbound.Load(),
 	}
 }
 
@@ -117,7 +117,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 		K: k, Alpha: d.cfg.concurrency, ConvergeAlpha: d.cfg.convergeAlpha, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
 		Near: d.lookupNear(k, o.stopsEarly),
 	})
-	d.stats.lookups.Add(1)
+	d.tel.stats.lookups.Add(1)
 	// Near requests can take the requests in flight up to max(alpha, k).
 	replies := make(chan queryReply, max(d.cfg.concurrency, k))
 	res := &lookupResult{}
@@ -125,9 +125,9 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 	defer func() {
 		st := l.Stats()
 		res.stats = st
-		d.stats.lookupRequests.Add(int64(st.Requests))
-		d.stats.lookupHops.Add(int64(st.Hops))
-		d.observeLookup(st.Hops, st.Requests)
+		d.tel.stats.lookupRequests.Add(int64(st.Requests))
+		d.tel.stats.lookupHops.Add(int64(st.Hops))
+		d.tel.observeLookup(st.Hops, st.Requests)
 	}()
 	for {
 		send, done := l.Next()
@@ -159,7 +159,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 			if r.err != nil {
 				l.OnFailure(r.p)
 				if ctx.Err() == nil {
-					d.stats.outboundFailed.Add(1)
+					d.tel.stats.outboundFailed.Add(1)
 					d.noteFailure(r.p, r.err)
 				}
 				if hook != nil {
@@ -231,7 +231,7 @@ func (d *DHT) learnAddrs(peers []peer.AddrInfo) {
 // request sends req to p and records the outcome.
 func (d *DHT) request(ctx context.Context, p peer.ID, req *pb.Message) (resp *pb.Message, err error) {
 	start := time.Now()
-	defer func() { d.observeOutbound(req.Type, start, err) }()
+	defer func() { d.tel.observeOutbound(req.Type, start, err) }()
 	resp, err = d.msgr.request(ctx, p, req)
 	if err != nil {
 		return nil, err
@@ -258,7 +258,7 @@ func (d *DHT) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrI
 // key bytes) that answered, closest first. For a peer's own position use
 // string(peerID) as the key.
 func (d *DHT) GetClosestPeers(ctx context.Context, key string) (_ []peer.ID, err error) {
-	ctx, span := d.startSpan(ctx, "GetClosestPeers")
+	ctx, span := d.tel.startSpan(ctx, "GetClosestPeers")
 	defer func() { endSpan(span, err) }()
 	if key == "" {
 		return nil, fmt.Errorf("kad: get closest peers: empty key")
@@ -278,7 +278,7 @@ func (d *DHT) GetClosestPeers(ctx context.Context, key string) (_ []peer.ID, err
 // FindPeer finds the addresses of peer id: from a live connection if there
 // is one, otherwise by a lookup that ends as soon as a peer tells us them.
 func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err error) {
-	ctx, span := d.startSpan(ctx, "FindPeer", attribute.String("peer", id.String()))
+	ctx, span := d.tel.startSpan(ctx, "FindPeer", attribute.String("peer", id.String()))
 	defer func() { endSpan(span, err) }()
 	if err := id.Validate(); err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer: %w", err)

@@ -298,7 +298,7 @@ func quorumOf(o *routing.Options) int {
 // routing.Offline it only stores locally. If the local store holds a
 // record the validator prefers, it fails with *record.ErrBetterRecord.
 func (d *DHT) PutValue(ctx context.Context, key string, value []byte, opts ...routing.Option) (err error) {
-	ctx, span := d.startSpan(ctx, "PutValue")
+	ctx, span := d.tel.startSpan(ctx, "PutValue")
 	defer func() { endSpan(span, err) }()
 	o, err := d.valueOptions("put value", key, opts)
 	if err != nil {
@@ -391,7 +391,7 @@ func (d *DHT) putToPeer(ctx context.Context, p peer.ID, key string, value []byte
 // (repair). With routing.Offline only the local store is read. A key
 // nobody holds gives an error wrapping routing.ErrNotFound.
 func (d *DHT) GetValue(ctx context.Context, key string, opts ...routing.Option) (_ []byte, err error) {
-	ctx, span := d.startSpan(ctx, "GetValue")
+	ctx, span := d.tel.startSpan(ctx, "GetValue")
 	defer func() { endSpan(span, err) }()
 	o, err := d.valueOptions("get value", key, opts)
 	if err != nil {
