@@ -335,7 +335,7 @@ func (d *DHT) supportsDHT(p peer.ID) bool {
 // and is not in the table: p is admitted only once it answers a FIND_NODE
 // for its own id, so unresponsive servers cannot poison the table.
 func (d *DHT) consider(p peer.ID) {
-	if p == d.self || d.closed.Load() || d.rt.Find(p) || !d.supportsDHT(p) {
+	if p == d.self || d.closed.Load() || d.rt.Find(p) || !d.supportsDHT(p) || !d.admissible(p) {
 		return
 	}
 	// A probe costs the peer a request: spend it only when the peer could
@@ -395,9 +395,10 @@ func (d *DHT) peerChanged(p peer.ID, added bool) {
 	}
 }
 
-// admit adds a peer that has proven to be a live server.
+// admit adds a peer that has proven to be a live server, if the address
+// filter lets it in.
 func (d *DHT) admit(p peer.ID) {
-	if p == d.self || d.closed.Load() {
+	if p == d.self || d.closed.Load() || !d.admissible(p) {
 		return
 	}
 	if d.rt.add(p, time.Now()) == kbucket.Pending {
