@@ -27,7 +27,9 @@
 //
 // The protocol id is "<prefix>/kad/1.0.0". The default prefix "/ipfs"
 // joins the Amino DHT (give it its bootstrap peers); a private network
-// picks its own with ProtocolPrefix and never mixes with it.
+// picks its own with ProtocolPrefix and never mixes with it. Package dual
+// runs an Amino DHT and a LAN DHT on one host, as IPFS nodes do, kept
+// apart by AddressFilter.
 //
 // The examples directory has runnable programs: a phone book on a network
 // of twenty nodes (examples/phonebook) and content routing with fetching

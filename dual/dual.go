@@ -223,9 +223,10 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) error {
 	return eitherOK("provide", wanErr, lanErr)
 }
 
-// PutValue stores the value on both sides (kad.DHT.PutValue). It succeeds
-// when either side does; with kad.Accepted the count is the last side's
-// to finish, so read each side's with WAN and LAN instead.
+// PutValue stores the value on both sides at once (kad.DHT.PutValue). It
+// succeeds when either side does. opts go to both sides: do not pass
+// kad.Accepted, which both would write at the same time; call each side's
+// PutValue (WAN, LAN) to count acceptances.
 func (d *DHT) PutValue(ctx context.Context, key string, value []byte, opts ...routing.Option) error {
 	wanErr, lanErr := both(d.wan, d.lan, func(s *kad.DHT) error { return s.PutValue(ctx, key, value, opts...) })
 	return eitherOK("put value", wanErr, lanErr)
@@ -259,7 +260,9 @@ func (d *DHT) better(key string, best, v []byte) bool {
 
 // GetValue reads key on both sides at once (kad.DHT.GetValue) and returns
 // the better value, by the WAN side's validator, of those found; an error
-// only when neither side found one.
+// only when neither side found one. opts go to both sides, so a
+// kad.OnValue function is called from both at once and must be safe for
+// concurrent use.
 func (d *DHT) GetValue(ctx context.Context, key string, opts ...routing.Option) ([]byte, error) {
 	var wanVal, lanVal []byte
 	wanErr, lanErr := both(d.wan, d.lan, func(s *kad.DHT) error {
@@ -289,7 +292,8 @@ func (d *DHT) GetValue(ctx context.Context, key string, opts ...routing.Option) 
 // and sends the first value found, then each value better than the last
 // one sent, by the WAN side's validator. The channel closes when both
 // searches end, ctx is done or the DHT closes; cancel ctx to stop early.
-// It fails only when neither side can search.
+// It fails only when neither side can search. opts go to both sides, as
+// for GetValue.
 func (d *DHT) SearchValue(ctx context.Context, key string, opts ...routing.Option) (<-chan []byte, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	wanCh, wanErr := d.wan.SearchValue(ctx, key, opts...)
