@@ -30,6 +30,8 @@
 // The protocol id is "<prefix>/kad/1.0.0". The default prefix "/ipfs"
 // joins the Amino DHT: give it AminoBootstrapPeers. A private network
 // picks its own prefix with ProtocolPrefix and never mixes with it.
+// Package dual runs an Amino DHT and a LAN DHT on one host, as IPFS nodes
+// do, kept apart by AddressFilter.
 //
 // The examples directory has runnable programs: a phone book on a network
 // of twenty nodes (examples/phonebook) and content routing with fetching
@@ -292,7 +294,7 @@ func (d *DHT) supportsDHT(p peer.ID) bool {
 // and is not in the table: p is admitted only once it answers a FIND_NODE
 // for its own id, so unresponsive servers cannot poison the table.
 func (d *DHT) consider(p peer.ID) {
-	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) {
+	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) || !d.admissible(p) {
 		return
 	}
 	// A probe costs the peer a request: spend it only when the peer could
@@ -353,9 +355,10 @@ func (d *DHT) peerChanged(p peer.ID, added bool) {
 	}
 }
 
-// admit adds a peer that has proven to be a live server.
+// admit adds a peer that has proven to be a live server, if the address
+// filter lets it in.
 func (d *DHT) admit(p peer.ID) {
-	if p == d.self || d.own.isClosed() {
+	if p == d.self || d.own.isClosed() || !d.admissible(p) {
 		return
 	}
 	if d.rt.add(p, time.Now()) == kbucket.Pending {

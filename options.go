@@ -77,6 +77,8 @@ type config struct {
 	onPeerRemoved   func(peer.ID)
 	meterProvider   metric.MeterProvider
 	diversity       *diversityLimits
+	addrFilter      func(peer.AddrInfo) bool // nil: every peer
+	addrFilterSet   bool
 	tracerProvider  trace.TracerProvider
 	ext             extConfig
 	limits          limitsConfig
@@ -154,6 +156,7 @@ func (c *config) validate() error {
 	if c.maxAddrsPerPeer < 1 {
 		bad("max addresses per peer %d < 1", c.maxAddrsPerPeer)
 	}
+	errs = append(errs, c.validateAddrFilter()...)
 	errs = append(errs, c.ext.validate(c)...)
 	errs = append(errs, c.limits.validate()...)
 	errs = append(errs, c.reprovide.validate(c)...)

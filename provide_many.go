@@ -245,7 +245,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 				w.known.remove(p)
 				return nil, false, err
 			}
-			w.known.addInfos(closer)
+			w.known.addInfos(closer, d.queryable)
 			return closer, false, nil
 		})
 		w.mu.Lock()
@@ -362,11 +362,14 @@ func (k *knownPeers) add(ps ...peer.ID) {
 	}
 }
 
-func (k *knownPeers) addInfos(ais []peer.AddrInfo) {
+// addInfos adds the peers of a response that have addresses and that
+// usable accepts (the address filter).
+func (k *knownPeers) addInfos(ais []peer.AddrInfo, usable func(peer.AddrInfo) bool) {
+	ais = slices.DeleteFunc(slices.Clone(ais), func(ai peer.AddrInfo) bool { return len(ai.Addrs) == 0 || !usable(ai) })
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, ai := range ais {
-		if _, ok := k.pos[ai.ID]; !ok && !k.gone[ai.ID] && len(ai.Addrs) > 0 {
+		if _, ok := k.pos[ai.ID]; !ok && !k.gone[ai.ID] {
 			k.pos[ai.ID] = kbucket.PeerKey(ai.ID)
 		}
 	}

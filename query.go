@@ -109,7 +109,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 	defer stopLife()
 
 	k := d.cfg.bucketSize
-	seeds := d.rt.nearest(target, k)
+	seeds := d.seedsFor(d.rt.nearest(target, k))
 	if len(seeds) == 0 {
 		return nil, ErrNoPeers
 	}
@@ -168,11 +168,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 				continue
 			}
 			d.admit(r.p)
-			ids := make([]peer.ID, 0, len(r.closer))
-			for _, ai := range r.closer {
-				ids = append(ids, ai.ID)
-			}
-			l.OnSuccess(r.p, ids)
+			l.OnSuccess(r.p, d.candidates(r.closer))
 			if hook != nil {
 				hook(l)
 			}

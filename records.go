@@ -130,6 +130,12 @@ type valuesState struct {
 	store     *records.Store
 }
 
+// Validator returns the record validator the DHT checks values with, as
+// the Validator and NamespacedValidator options built it, so code that
+// reads through several DHTs (package dual) can choose among their
+// answers as each DHT would. It is nil when DisableValues is set.
+func (d *DHT) Validator() record.Validator { return d.ext.values.validator }
+
 func (d *DHT) initValues() error {
 	vc := &d.cfg.ext.values
 	if vc.disabled {
