@@ -93,7 +93,7 @@ func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
 		return fmt.Errorf("peer %s: %w", ai.ID, errFiltered)
 	}
 	if len(ai.Addrs) > 0 {
-		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 	}
 	if err := d.probe(ctx, ai.ID); err != nil {
 		return fmt.Errorf("probe %s: %w", ai.ID, err)

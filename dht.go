@@ -47,11 +47,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
 )
@@ -68,8 +69,11 @@ type DHT struct {
 	protocol protocol.ID
 	self     peer.ID
 
-	rt     *RoutingTable
-	msgr   messenger
+	rt   *RoutingTable
+	msgr messenger           // the network seam: every message goes through it
+	ps   peerstore.Peerstore // addresses and protocols of other peers
+	// selfAddrs returns the addresses we are reached at.
+	selfAddrs func() []ma.Multiaddr
 
 	ctx context.Context // lifetime, cancelled by Close (own.ctx)
 	own *owner          // every goroutine the DHT starts
@@ -127,14 +131,50 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("kad: new: %w", err)
 	}
+	env := nodeEnv{
+		self:      h.ID(),
+		msgr:      newLibp2pMessenger(h, []protocol.ID{protocolID(cfg.prefix)}, cfg.requestTimeout, cfg.maxMessageSize),
+		ps:        h.Peerstore(),
+		selfAddrs: h.Addrs,
+	}
+	d, err := newNode(cfg, env)
+	if err != nil {
+		return nil, err
+	}
+	d.h = h
+	if err := d.attachHost(); err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
+	return d, nil
+}
+
+// protocolID is the protocol spoken under prefix.
+func protocolID(prefix protocol.ID) protocol.ID { return prefix + "/kad/1.0.0" }
+
+// nodeEnv is what a node runs on: the network seam and what it knows of
+// other peers. New makes one from a libp2p host; a simulated network
+// makes its own.
+type nodeEnv struct {
+	self      peer.ID
+	msgr      messenger
+	ps        peerstore.Peerstore
+	selfAddrs func() []ma.Multiaddr
+}
+
+// newNode builds a node on env from a validated config and starts its
+// background work. Nothing in it knows of a libp2p host: attachHost
+// wires one in.
+func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	own := newOwner()
 	cancel := func() { own.shutdown(func() {}) }
 	d := &DHT{
-		h:         h,
 		cfg:       cfg,
-		log:       cfg.logger.With("component", "kad", "self", h.ID()),
-		protocol:  protocol.ID(string(cfg.prefix) + "/kad/1.0.0"),
-		self:      h.ID(),
+		log:       cfg.logger.With("component", "kad", "self", env.self),
+		protocol:  protocolID(cfg.prefix),
+		self:      env.self,
+		msgr:      env.msgr,
+		ps:        env.ps,
+		selfAddrs: env.selfAddrs,
 		ctx:       own.ctx,
 		own:       own,
 		verifySem: make(chan struct{}, 8),
@@ -148,9 +188,8 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	d.rt.onChange = d.peerChanged
 	if cfg.diversity != nil {
 		d.rt.div = newDiversity(*cfg.diversity)
-		d.rt.groupOf = func(p peer.ID) string { return ipGroup(h.Peerstore().Addrs(p)) }
+		d.rt.groupOf = func(p peer.ID) string { return ipGroup(env.ps.Addrs(p)) }
 	}
-	d.msgr = newLibp2pMessenger(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
 	tel, err := newTelemetry(cfg.meterProvider, cfg.tracerProvider, d.rt.Size)
@@ -163,27 +202,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())
 	}
-
-	sub, err := h.EventBus().Subscribe([]any{
-		new(event.EvtPeerIdentificationCompleted),
-		new(event.EvtPeerProtocolsUpdated),
-		new(event.EvtLocalReachabilityChanged),
-	})
-	if err != nil {
-		cancel()
-		return nil, errors.Join(fmt.Errorf("kad: subscribe to host events: %w", err), d.closeExt(), d.tel.close())
-	}
-	switch cfg.mode {
-	case ModeServer, ModeAutoServer:
-		d.setServing(true)
-	}
-	h.Network().Notify(d.notifiee())
-	own.spawn(func() { d.eventLoop(sub) })
 	own.spawn(d.maintain)
-	// Peers already connected and identified are candidates too.
-	for _, p := range h.Network().Peers() {
-		d.consider(p)
-	}
 	d.startExt()
 	own.spawn(d.loadTable)
 	return d, nil
@@ -214,10 +233,7 @@ func (d *DHT) Mode() ModeOpt {
 // close the host. It is safe to call more than once.
 func (d *DHT) Close() error {
 	d.closeOnce.Do(func() {
-		d.own.shutdown(func() {
-			d.setServing(false)
-			d.h.Network().StopNotify(d.notifiee())
-		})
+		d.own.shutdown(d.detachHost)
 		// Save the table for the next run, with a fresh, short context:
 		// the lifetime one is already cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -228,65 +244,9 @@ func (d *DHT) Close() error {
 	return d.closeErr
 }
 
-// setServing registers or removes the stream handler; the host tells
-// connected peers through identify.
-func (d *DHT) setServing(on bool) {
-	d.modeMu.Lock()
-	defer d.modeMu.Unlock()
-	if on == d.serving {
-		return
-	}
-	if on && d.own.isClosed() {
-		return
-	}
-	d.serving = on
-	if on {
-		d.h.SetStreamHandler(d.protocol, d.handleStream)
-	} else {
-		d.h.RemoveStreamHandler(d.protocol)
-	}
-	d.log.Debug("mode changed", "serving", on)
-}
-
-func (d *DHT) eventLoop(sub event.Subscription) {
-	defer sub.Close()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case ev, ok := <-sub.Out():
-			if !ok {
-				return
-			}
-			switch e := ev.(type) {
-			case event.EvtPeerIdentificationCompleted:
-				d.consider(e.Peer)
-			case event.EvtPeerProtocolsUpdated:
-				for _, p := range e.Removed {
-					if p == d.protocol {
-						d.rt.remove(e.Peer)
-					}
-				}
-				d.consider(e.Peer)
-			case event.EvtLocalReachabilityChanged:
-				d.onReachability(e.Reachability)
-			}
-		}
-	}
-}
-
-func (d *DHT) onReachability(r network.Reachability) {
-	switch d.cfg.mode {
-	case ModeAuto:
-		d.setServing(r == network.ReachabilityPublic)
-	case ModeAutoServer:
-		d.setServing(r != network.ReachabilityPrivate)
-	}
-}
-
 // supportsDHT reports whether identify says p speaks our protocol.
 func (d *DHT) supportsDHT(p peer.ID) bool {
-	protos, err := d.h.Peerstore().SupportsProtocols(p, d.protocol)
+	protos, err := d.ps.SupportsProtocols(p, d.protocol)
 	return err == nil && len(protos) > 0
 }
 
@@ -364,15 +324,4 @@ func (d *DHT) admit(p peer.ID) {
 	if d.rt.add(p, time.Now()) == kbucket.Pending {
 		d.onBucketFull(p)
 	}
-}
-
-// notifiee queues a check of the table peers that disconnect.
-func (d *DHT) notifiee() network.Notifiee {
-	d.notifyOnce.Do(func() {
-		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-			p := c.RemotePeer()
-			d.peerDisconnected(n, p)
-		}}
-	})
-	return d.notify
 }

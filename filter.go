@@ -86,12 +86,9 @@ func (c *config) validateAddrFilter() []error {
 // candidate by: the remote addresses of the live connections to p, or
 // its peerstore addresses when there are none.
 func (d *DHT) admissionAddrs(p peer.ID) peer.AddrInfo {
-	ai := peer.AddrInfo{ID: p}
-	for _, c := range d.h.Network().ConnsToPeer(p) {
-		ai.Addrs = append(ai.Addrs, c.RemoteMultiaddr())
-	}
+	ai := peer.AddrInfo{ID: p, Addrs: d.msgr.connAddrs(p)}
 	if len(ai.Addrs) == 0 {
-		ai.Addrs = d.h.Peerstore().Addrs(p)
+		ai.Addrs = d.ps.Addrs(p)
 	}
 	return ai
 }
@@ -111,7 +108,7 @@ func (d *DHT) queryable(ai peer.AddrInfo) bool {
 		return true
 	}
 	if len(ai.Addrs) == 0 {
-		ai.Addrs = d.h.Peerstore().Addrs(ai.ID)
+		ai.Addrs = d.ps.Addrs(ai.ID)
 	}
 	return f(ai)
 }

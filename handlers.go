@@ -163,9 +163,9 @@ func (d *DHT) closerPeers(key []byte, from peer.ID) []pb.Peer {
 func (d *DHT) peerEntry(p peer.ID) (pb.Peer, bool) {
 	var addrs []ma.Multiaddr
 	if p == d.self {
-		addrs = d.h.Addrs()
+		addrs = d.selfAddrs()
 	} else {
-		addrs = d.h.Peerstore().Addrs(p)
+		addrs = d.ps.Addrs(p)
 	}
 	if len(addrs) == 0 {
 		return pb.Peer{}, false
@@ -181,7 +181,7 @@ func (d *DHT) encodePeer(p peer.ID, addrs []ma.Multiaddr) pb.Peer {
 	for _, a := range addrs {
 		e.Addrs = append(e.Addrs, a.Bytes())
 	}
-	if p != d.self && d.h.Network().Connectedness(p) == network.Connected {
+	if p != d.self && d.msgr.connected(p) {
 		e.Connection = pb.Connected
 	}
 	return e

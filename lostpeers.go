@@ -122,7 +122,7 @@ func (d *DHT) checkLostPeers() {
 			return
 		}
 		// Reconnected meanwhile, or already gone: nothing to learn.
-		if d.h.Network().Connectedness(p) == network.Connected || !d.rt.Find(p) {
+		if d.msgr.connected(p) || !d.rt.Find(p) {
 			continue
 		}
 		d.checkPeer(d.ctx, p)

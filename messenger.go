@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/pb"
 	"github.com/kadlib/kad/internal/wire"
@@ -30,6 +32,10 @@ type messenger interface {
 	// and returns how many were written; written, if not nil, is called
 	// once all are. An error means they may not have arrived.
 	sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (int, error)
+	// connected reports whether a connection to p is open.
+	connected(p peer.ID) bool
+	// connAddrs returns the remote addresses of the open connections to p.
+	connAddrs(p peer.ID) []ma.Multiaddr
 }
 
 // libp2pMessenger sends messages on libp2p streams, one stream per
@@ -46,6 +52,22 @@ type libp2pMessenger struct {
 
 func newLibp2pMessenger(h host.Host, protos []protocol.ID, timeout time.Duration, maxMsg int) *libp2pMessenger {
 	return &libp2pMessenger{h: h, protos: protos, timeout: timeout, maxMsg: maxMsg}
+}
+
+func (s *libp2pMessenger) connected(p peer.ID) bool {
+	return s.h.Network().Connectedness(p) == network.Connected
+}
+
+func (s *libp2pMessenger) connAddrs(p peer.ID) []ma.Multiaddr {
+	conns := s.h.Network().ConnsToPeer(p)
+	if len(conns) == 0 {
+		return nil
+	}
+	addrs := make([]ma.Multiaddr, len(conns))
+	for i, c := range conns {
+		addrs[i] = c.RemoteMultiaddr()
+	}
+	return addrs
 }
 
 // request sends req to p on a new stream and returns its response.

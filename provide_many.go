@@ -156,7 +156,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	if len(keys) == 0 {
 		return rep, nil
 	}
-	addrs := d.h.Addrs()
+	addrs := d.selfAddrs()
 	self := peer.AddrInfo{ID: d.self, Addrs: addrs}
 	for _, k := range keys {
 		if err := store.AddProvider(ctx, k.mh, self); err != nil && !errors.Is(err, providers.ErrKeyFull) {

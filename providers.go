@@ -162,7 +162,7 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error)
 	if err != nil {
 		return fmt.Errorf("kad: provide: %w", err)
 	}
-	addrs := d.h.Addrs()
+	addrs := d.selfAddrs()
 	if err := store.AddProvider(ctx, key, peer.AddrInfo{ID: d.self, Addrs: addrs}); err != nil {
 		if !errors.Is(err, providers.ErrKeyFull) {
 			return fmt.Errorf("kad: provide %s: store locally: %w", c, err)
@@ -279,7 +279,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		}
 		seen[ai.ID] = true
 		if len(ai.Addrs) == 0 {
-			ai.Addrs = d.h.Peerstore().Addrs(ai.ID)
+			ai.Addrs = d.ps.Addrs(ai.ID)
 		}
 		if !emit(ctx, ai) {
 			finished = true
@@ -303,7 +303,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 	}
 	for _, ai := range local {
 		if ai.ID == d.self {
-			ai.Addrs = d.h.Addrs()
+			ai.Addrs = d.selfAddrs()
 		}
 		if !offer(ctx, ai) {
 			return nil
@@ -321,7 +321,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		d.learnAddrs(provs)
 		for _, ai := range provs {
 			if ai.ID == d.self {
-				ai.Addrs = d.h.Addrs()
+				ai.Addrs = d.selfAddrs()
 			}
 			if !offer(ctx, ai) {
 				return closer, true, nil
@@ -367,7 +367,7 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 		if len(addrs) == 0 {
 			continue
 		}
-		d.h.Peerstore().AddAddrs(from, addrs, d.cfg.ext.providers.addrTTL)
+		d.ps.AddAddrs(from, addrs, d.cfg.ext.providers.addrTTL)
 		if err := d.ext.providers.store.AddProvider(ctx, key, peer.AddrInfo{ID: from, Addrs: addrs}); err != nil {
 			d.log.Debug("provider not stored", "from", from, "err", err)
 			continue
@@ -400,9 +400,9 @@ func (d *DHT) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Mess
 		addrs := ai.Addrs
 		switch {
 		case ai.ID == d.self:
-			addrs = d.h.Addrs()
+			addrs = d.selfAddrs()
 		case len(addrs) == 0:
-			addrs = d.h.Peerstore().Addrs(ai.ID)
+			addrs = d.ps.Addrs(ai.ID)
 		}
 		resp.ProviderPeers = append(resp.ProviderPeers, d.encodePeer(ai.ID, addrs))
 	}

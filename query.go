@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"go.opentelemetry.io/otel/attribute"
@@ -206,7 +205,7 @@ func (d *DHT) kthDistance(k int) float64 {
 // failed several requests in a row: one slow answer is not death, and some
 // peers refuse single requests (js rejects providers of non-sha256 keys).
 func (d *DHT) noteFailure(p peer.ID, err error) {
-	if d.h.Network().Connectedness(p) != network.Connected {
+	if !d.msgr.connected(p) {
 		d.rt.remove(p)
 		return
 	}
@@ -216,7 +215,7 @@ func (d *DHT) noteFailure(p peer.ID, err error) {
 // learnAddrs remembers the addresses of peers a response listed, briefly,
 // so the lookup can dial them.
 func (d *DHT) learnAddrs(peers []peer.AddrInfo) {
-	ps := d.h.Peerstore()
+	ps := d.ps
 	for _, ai := range peers {
 		if len(ai.Addrs) > 0 && ai.ID != d.self {
 			ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
@@ -283,10 +282,10 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 		return peer.AddrInfo{}, ErrClosed
 	}
 	if id == d.self {
-		return peer.AddrInfo{ID: id, Addrs: d.h.Addrs()}, nil
+		return peer.AddrInfo{ID: id, Addrs: d.selfAddrs()}, nil
 	}
-	if d.h.Network().Connectedness(id) == network.Connected {
-		if addrs := d.h.Peerstore().Addrs(id); len(addrs) > 0 {
+	if d.msgr.connected(id) {
+		if addrs := d.ps.Addrs(id); len(addrs) > 0 {
 			return peer.AddrInfo{ID: id, Addrs: addrs}, nil
 		}
 	}
@@ -311,7 +310,7 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer %s: %w", id, err)
 	}
 	if res.stopped {
-		found = peer.AddrInfo{ID: id, Addrs: d.h.Peerstore().Addrs(id)}
+		found = peer.AddrInfo{ID: id, Addrs: d.ps.Addrs(id)}
 		if len(found.Addrs) > 0 {
 			return found, nil
 		}

@@ -143,7 +143,7 @@ func (d *DHT) initValues() error {
 	}
 	d.ext.values = valuesState{
 		on:        true,
-		validator: vc.buildValidator(d.cfg.prefix, d.h.Peerstore()),
+		validator: vc.buildValidator(d.cfg.prefix, d.ps),
 		store:     records.New(d.ext.ds, vc.maxRecordAge, time.Now),
 	}
 	d.handlers[int32(pb.PutValue)] = d.handlePutValue

@@ -38,7 +38,7 @@ func (d *DHT) saveTable(ctx context.Context) error {
 		return fmt.Errorf("kad: save table: %w", err)
 	}
 	for _, p := range peers {
-		addrs := d.h.Peerstore().Addrs(p)
+		addrs := d.ps.Addrs(p)
 		if len(addrs) == 0 {
 			continue
 		}
@@ -106,7 +106,7 @@ func (d *DHT) loadTable() {
 		if len(ai.Addrs) == 0 {
 			continue
 		}
-		d.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 		select {
 		case sem <- struct{}{}:
 		case <-d.ctx.Done():
