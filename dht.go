@@ -45,6 +45,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -95,8 +96,8 @@ type DHT struct {
 	rngMu      sync.Mutex
 	rng        *rand.Rand
 
-	started      time.Time     // when New ran: the table is young for a while
 	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
+	discoverRuns atomic.Int64  // discovery runs finished
 }
 
 // New starts a DHT on h. The context is used only during construction;
@@ -181,7 +182,6 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		lost:      newLostPeers(),
 		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 
-		started:      time.Now(),
 		discoverKick: make(chan struct{}, 1),
 	}
 	d.rt = newRoutingTable(d.self, cfg.bucketSize)

@@ -9,22 +9,25 @@ const (
 	// that asked for it entered the table: peers that arrive together
 	// (a burst of connections, a node's first answers) share one run.
 	discoverDelay = time.Second
-	// discoverYoung is how long after New the table counts as young: a
-	// peer entering it then starts a discovery run whatever the size.
-	discoverYoung = time.Minute
+	// discoverGap is the least time from the end of one discovery run to
+	// the start of the next: a table that keeps growing in small steps
+	// (a network that is still forming) costs one self lookup every few
+	// seconds, not one per arrival.
+	discoverGap = 5 * time.Second
 )
 
 // kickDiscovery asks for a discovery run (a self lookup, then the stale
-// buckets) because p just entered the table, when the table is small
-// (below k) or young. It never blocks: the runs themselves happen one at
-// a time on the upkeep goroutine (maintain), discoverDelay after the
-// request, and requests made while one waits or runs are folded into the
-// next. With random walk off nothing ever reads the requests.
+// buckets) because a peer just entered the table, when the table is small
+// (below k) or young (no run has finished yet). It never blocks: the runs
+// happen one at a time on the upkeep goroutine (maintain), discoverDelay
+// after the request and at least discoverGap after the previous run, and
+// requests made while one waits or runs are folded into the next. With
+// random walk off nothing ever reads the requests.
 func (d *DHT) kickDiscovery() {
 	if !d.cfg.randomWalk || d.cfg.ext.manualRefresh {
 		return
 	}
-	if d.rt.Size() >= d.cfg.bucketSize && time.Since(d.started) >= discoverYoung {
+	if d.rt.Size() >= d.cfg.bucketSize && d.discoverRuns.Load() > 0 {
 		return
 	}
 	select {
@@ -38,6 +41,7 @@ func (d *DHT) kickDiscovery() {
 // looked up lately gets a random lookup.
 func (d *DHT) discover() {
 	start := time.Now()
+	defer d.discoverRuns.Add(1)
 	if _, err := d.GetClosestPeers(d.ctx, string(d.self)); err != nil {
 		d.log.Debug("discovery: self lookup failed", "err", err)
 		return

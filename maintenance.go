@@ -34,6 +34,7 @@ func (d *DHT) maintain() {
 	// discoverAt fires discoverDelay after a discovery request; nil
 	// while none waits.
 	var discoverAt <-chan time.Time
+	var lastRun time.Time // end of the last discovery run
 	kicks := d.discoverKick
 	for {
 		select {
@@ -43,10 +44,15 @@ func (d *DHT) maintain() {
 			// Stop listening until the run: requests made meanwhile
 			// stay in the channel and ask for the next one.
 			kicks = nil
-			discoverAt = time.After(discoverDelay)
+			wait := discoverDelay
+			if !lastRun.IsZero() {
+				wait = max(wait, discoverGap-time.Since(lastRun))
+			}
+			discoverAt = time.After(wait)
 		case <-discoverAt:
 			discoverAt = nil
 			d.discover()
+			lastRun = time.Now()
 			kicks = d.discoverKick
 		case <-ticks:
 			d.refreshAndSave(d.ctx)
