@@ -69,21 +69,11 @@ func (d *DHT) handleStream(s network.Stream) {
 			return
 		}
 		timer.Stop()
-		d.tel.stats.inbound.Add(1)
-		if err := d.limiter.allow(from, time.Now()); err != nil {
-			d.tel.observeInbound(req.Type, err)
-			d.log.Debug("request refused", "peer", from, "type", req.Type, "err", err)
-			_ = s.Reset()
-			return
-		}
-		resp, err := d.serve(d.ctx, from, &req)
-		d.tel.observeInbound(req.Type, err)
+		resp, err := d.receive(d.ctx, from, &req)
 		if err != nil {
-			d.log.Debug("request rejected", "peer", from, "type", req.Type, "err", err)
 			_ = s.Reset()
 			return
 		}
-		d.rt.seen(from, time.Now())
 		if resp == nil {
 			continue
 		}
@@ -93,6 +83,28 @@ func (d *DHT) handleStream(s network.Stream) {
 			return
 		}
 	}
+}
+
+// receive handles one request from a peer, whatever carried it: the
+// per-peer rate limit, then serve; an answered request counts as a sign
+// of life of its sender. An error means the request was refused (the
+// carrier resets the stream) and changed nothing; a nil answer with no
+// error means none is due (ADD_PROVIDER).
+func (d *DHT) receive(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	d.tel.stats.inbound.Add(1)
+	if err := d.limiter.allow(from, time.Now()); err != nil {
+		d.tel.observeInbound(req.Type, err)
+		d.log.Debug("request refused", "peer", from, "type", req.Type, "err", err)
+		return nil, err
+	}
+	resp, err := d.serve(ctx, from, req)
+	d.tel.observeInbound(req.Type, err)
+	if err != nil {
+		d.log.Debug("request rejected", "peer", from, "type", req.Type, "err", err)
+		return nil, err
+	}
+	d.rt.seen(from, time.Now())
+	return resp, nil
 }
 
 // serve answers one request within the request timeout: the limits every
