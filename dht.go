@@ -136,7 +136,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		h:         h,
 		cfg:       cfg,
 		log:       cfg.logger.With("component", "kad", "self", h.ID()),
-		protocol:  protocol.ID(string(cfg.prefix) + "/kad/1.0.0"),
+		protocol:  protocol.ID(string(cfg.node.prefix) + "/kad/1.0.0"),
 		self:      h.ID(),
 		ctx:       lctx,
 		cancel:    cancel,
@@ -147,13 +147,13 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		started:      time.Now(),
 		discoverKick: make(chan struct{}, 1),
 	}
-	d.rt = newRoutingTable(d.self, cfg.bucketSize)
+	d.rt = newRoutingTable(d.self, cfg.table.bucketSize)
 	d.rt.onChange = d.peerChanged
-	if cfg.diversity != nil {
-		d.rt.div = newDiversity(*cfg.diversity)
+	if cfg.table.diversity != nil {
+		d.rt.div = newDiversity(*cfg.table.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(h.Peerstore().Addrs(p)) }
 	}
-	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.requestTimeout, cfg.maxMessageSize)
+	d.sender = newSender(h, []protocol.ID{d.protocol}, cfg.node.requestTimeout, cfg.limits.maxMessageSize)
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
 	if err := d.initTelemetry(); err != nil {
@@ -174,7 +174,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		cancel()
 		return nil, errors.Join(fmt.Errorf("kad: subscribe to host events: %w", err), d.closeExt(), d.closeTelemetry())
 	}
-	switch cfg.mode {
+	switch cfg.node.mode {
 	case ModeServer, ModeAutoServer:
 		d.setServing(true)
 	}
@@ -312,7 +312,7 @@ func (d *DHT) eventLoop(sub event.Subscription) {
 }
 
 func (d *DHT) onReachability(r network.Reachability) {
-	switch d.cfg.mode {
+	switch d.cfg.node.mode {
 	case ModeAuto:
 		d.setServing(r == network.ReachabilityPublic)
 	case ModeAutoServer:
@@ -398,14 +398,14 @@ func (d *DHT) probe(ctx context.Context, p peer.ID) error {
 func (d *DHT) peerChanged(p peer.ID, added bool) {
 	if added {
 		d.log.Debug("peer added", "peer", p)
-		if f := d.cfg.onPeerAdded; f != nil {
+		if f := d.cfg.table.onPeerAdded; f != nil {
 			f(p)
 		}
 		d.kickDiscovery()
 		return
 	}
 	d.log.Debug("peer removed", "peer", p)
-	if f := d.cfg.onPeerRemoved; f != nil {
+	if f := d.cfg.table.onPeerRemoved; f != nil {
 		f(p)
 	}
 }

@@ -21,10 +21,10 @@ const (
 // request, and requests made while one waits or runs are folded into the
 // next. With random walk off nothing ever reads the requests.
 func (d *DHT) kickDiscovery() {
-	if !d.cfg.randomWalk || d.cfg.ext.manualRefresh {
+	if !d.cfg.table.randomWalk || d.cfg.table.testManualRefresh {
 		return
 	}
-	if d.rt.Size() >= d.cfg.bucketSize && time.Since(d.started) >= discoverYoung {
+	if d.rt.Size() >= d.cfg.table.bucketSize && time.Since(d.started) >= discoverYoung {
 		return
 	}
 	select {

@@ -41,7 +41,7 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, wri
 			d.observeOutbound(m.Type, start, e)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.node.requestTimeout)
 	defer cancel()
 	s, err := d.openStream(ctx, p)
 	if err != nil {

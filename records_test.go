@@ -152,7 +152,7 @@ func TestBuildValidator(t *testing.T) {
 	}{
 		{
 			name:    "default: pk only",
-			vc:      defaultValuesConfig(),
+			vc:      defaults().values,
 			valid:   map[string][]byte{pkKey: pkBytes},
 			invalid: map[string][]byte{"/ipns/x": []byte("1:x"), "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
 		},
