@@ -90,7 +90,7 @@ func runWorkload(t *testing.T, w workload, from []*DHT, all []peer.ID, honest ma
 			if err != nil {
 				return
 			}
-			rc := honestRecall(got, honestClosest(all, honest, k, d.cfg.bucketSize, d.self))
+			rc := honestRecall(got, honestClosest(all, honest, k, d.cfg.table.bucketSize, d.self))
 			res.recall += rc
 			if rc == 1 {
 				res.closestOK++

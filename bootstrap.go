@@ -57,7 +57,7 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 // connectBootstrapPeers dials every bootstrap peer in parallel and admits
 // those that answer.
 func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
-	peers := d.cfg.bootstrapPeers
+	peers := d.cfg.table.bootstrapPeers
 	if len(peers) == 0 {
 		return nil
 	}

@@ -134,7 +134,7 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	}
 	env := nodeEnv{
 		self:      h.ID(),
-		msgr:      newLibp2pMessenger(h, []protocol.ID{protocolID(cfg.prefix)}, cfg.requestTimeout, cfg.maxMessageSize),
+		msgr:      newLibp2pMessenger(h, []protocol.ID{protocolID(cfg.node.prefix)}, cfg.node.requestTimeout, cfg.limits.maxMessageSize),
 		ps:        h.Peerstore(),
 		selfAddrs: h.Addrs,
 	}
@@ -171,7 +171,7 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	d := &DHT{
 		cfg:       cfg,
 		log:       cfg.logger.With("component", "kad", "self", env.self),
-		protocol:  protocolID(cfg.prefix),
+		protocol:  protocolID(cfg.node.prefix),
 		self:      env.self,
 		msgr:      env.msgr,
 		ps:        env.ps,
@@ -184,15 +184,15 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 
 		discoverKick: make(chan struct{}, 1),
 	}
-	d.rt = newRoutingTable(d.self, cfg.bucketSize)
+	d.rt = newRoutingTable(d.self, cfg.table.bucketSize)
 	d.rt.onChange = d.peerChanged
-	if cfg.diversity != nil {
-		d.rt.div = newDiversity(*cfg.diversity)
+	if cfg.table.diversity != nil {
+		d.rt.div = newDiversity(*cfg.table.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(env.ps.Addrs(p)) }
 	}
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
-	tel, err := newTelemetry(cfg.meterProvider, cfg.tracerProvider, d.rt.Size)
+	tel, err := newTelemetry(cfg.telemetry.meterProvider, cfg.telemetry.tracerProvider, d.rt.Size)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("kad: telemetry: %w", err)
@@ -303,14 +303,14 @@ func (d *DHT) probe(ctx context.Context, p peer.ID) error {
 func (d *DHT) peerChanged(p peer.ID, added bool) {
 	if added {
 		d.log.Debug("peer added", "peer", p)
-		if f := d.cfg.onPeerAdded; f != nil {
+		if f := d.cfg.table.onPeerAdded; f != nil {
 			f(p)
 		}
 		d.kickDiscovery()
 		return
 	}
 	d.log.Debug("peer removed", "peer", p)
-	if f := d.cfg.onPeerRemoved; f != nil {
+	if f := d.cfg.table.onPeerRemoved; f != nil {
 		f(p)
 	}
 }

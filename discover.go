@@ -24,10 +24,10 @@ const (
 // requests made while one waits or runs are folded into the next. With
 // random walk off nothing ever reads the requests.
 func (d *DHT) kickDiscovery() {
-	if !d.cfg.randomWalk || d.cfg.ext.manualRefresh {
+	if !d.cfg.table.randomWalk || d.cfg.table.testManualRefresh {
 		return
 	}
-	if d.rt.Size() >= d.cfg.bucketSize && d.discoverRuns.Load() > 0 {
+	if d.rt.Size() >= d.cfg.table.bucketSize && d.discoverRuns.Load() > 0 {
 		return
 	}
 	select {

@@ -115,7 +115,7 @@ func TestDiscoveryStar(t *testing.T) {
 		ids[i] = d.self
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	k := nodes[0].cfg.bucketSize
+	k := nodes[0].cfg.table.bucketSize
 	var hits, total int
 	for i, d := range nodes {
 		key := make([]byte, 16)

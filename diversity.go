@@ -1,7 +1,6 @@
 package kad
 
 import (
-	"fmt"
 	"net"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -9,21 +8,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
-// PeerDiversity limits how many routing table peers may share an IP
-// group (an IPv4 /16 or an IPv6 /48): at most maxPerGroup in the table and
-// maxPerGroupPerBucket in any one bucket, so one operator with one address
-// block cannot fill the table. Peers with only loopback or private
-// addresses are exempt. The IPFS Amino network uses 3 and 2. Default off.
-func PeerDiversity(maxPerGroup, maxPerGroupPerBucket int) Option {
-	return func(c *config) error {
-		if maxPerGroup < 1 || maxPerGroupPerBucket < 1 {
-			return fmt.Errorf("%w: peer diversity limits %d, %d must be >= 1", ErrInvalidOption, maxPerGroup, maxPerGroupPerBucket)
-		}
-		c.diversity = &diversityLimits{perTable: maxPerGroup, perBucket: maxPerGroupPerBucket}
-		return nil
-	}
-}
-
+// diversityLimits are the PeerDiversity option's bounds.
 type diversityLimits struct{ perTable, perBucket int }
 
 // diversity counts table peers per IP group. It is guarded by the

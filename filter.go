@@ -2,7 +2,6 @@ package kad
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -36,8 +35,8 @@ var errFiltered = errors.New("refused by the address filter")
 // Default AnyAddrs: every peer is used.
 func AddressFilter(f func(peer.AddrInfo) bool) Option {
 	return func(c *config) error {
-		c.addrFilter = f
-		c.addrFilterSet = true
+		c.table.addrFilter = f
+		c.table.addrFilterSet = true
 		return nil
 	}
 }
@@ -75,13 +74,6 @@ func isRelayAddr(a ma.Multiaddr) bool {
 	return err == nil
 }
 
-func (c *config) validateAddrFilter() []error {
-	if c.addrFilterSet && c.addrFilter == nil {
-		return []error{fmt.Errorf("%w: nil address filter (AnyAddrs accepts every peer)", ErrInvalidOption)}
-	}
-	return nil
-}
-
 // admissionAddrs returns what the address filter judges a table
 // candidate by: the remote addresses of the live connections to p, or
 // its peerstore addresses when there are none.
@@ -96,14 +88,14 @@ func (d *DHT) admissionAddrs(p peer.ID) peer.AddrInfo {
 // admissible reports whether the address filter lets p into the table
 // and into lookups as a seed.
 func (d *DHT) admissible(p peer.ID) bool {
-	f := d.cfg.addrFilter
+	f := d.cfg.table.addrFilter
 	return f == nil || f(d.admissionAddrs(p))
 }
 
 // queryable reports whether the address filter lets a lookup ask ai, a
 // peer a response listed.
 func (d *DHT) queryable(ai peer.AddrInfo) bool {
-	f := d.cfg.addrFilter
+	f := d.cfg.table.addrFilter
 	if f == nil {
 		return true
 	}
@@ -128,7 +120,7 @@ func (d *DHT) candidates(closer []peer.AddrInfo) []peer.ID {
 // seedsFor filters a lookup's seeds, table peers, through the address
 // filter: their addresses may have changed since they were admitted.
 func (d *DHT) seedsFor(seeds []peer.ID) []peer.ID {
-	if d.cfg.addrFilter == nil {
+	if d.cfg.table.addrFilter == nil {
 		return seeds
 	}
 	out := seeds[:0:0]

@@ -157,15 +157,15 @@ func fuzzServe(f *testing.F, typ pb.MessageType) {
 		if sent.Type != pb.Ping {
 			require.Equal(t, sent.Key, resp.Key)
 		}
-		require.LessOrEqual(t, len(resp.CloserPeers), d.cfg.bucketSize+1)
+		require.LessOrEqual(t, len(resp.CloserPeers), d.cfg.table.bucketSize+1)
 		require.LessOrEqual(t, len(resp.ProviderPeers), d.cfg.limits.provsPerResp)
 		for _, e := range append(resp.CloserPeers, resp.ProviderPeers...) {
-			require.LessOrEqual(t, len(e.Addrs), d.cfg.maxAddrsPerPeer)
+			require.LessOrEqual(t, len(e.Addrs), d.cfg.limits.maxAddrsPerPeer)
 			_, err := peer.IDFromBytes(e.ID)
 			require.NoError(t, err, "only valid peer ids are sent")
 		}
 		enc := resp.Marshal(nil)
-		require.LessOrEqual(t, len(enc), d.cfg.maxMessageSize)
+		require.LessOrEqual(t, len(enc), d.cfg.limits.maxMessageSize)
 		var back pb.Message
 		require.NoError(t, back.Unmarshal(enc))
 	})

@@ -48,16 +48,16 @@ func (d *DHT) handleStream(s network.Stream) {
 	defer release()
 	stop := context.AfterFunc(d.ctx, func() { _ = s.Reset() })
 	defer stop()
-	r := wire.NewReader(s, d.cfg.maxMessageSize)
+	r := wire.NewReader(s, d.cfg.limits.maxMessageSize)
 	r.Reserve = reserveReadBuffer(s)
 	// One timer bounds both waits on the peer, the next request (idle
 	// timeout) and the writing of an answer (request timeout), by resetting
 	// the stream: deadlines would do, but not every transport honours them
 	// (mocknet ignores them).
-	timer := time.AfterFunc(d.cfg.idleStream, func() { _ = s.Reset() })
+	timer := time.AfterFunc(d.cfg.limits.idleStream, func() { _ = s.Reset() })
 	defer timer.Stop()
 	for {
-		timer.Reset(d.cfg.idleStream)
+		timer.Reset(d.cfg.limits.idleStream)
 		var req pb.Message
 		if err := r.ReadMsg(&req); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -77,7 +77,7 @@ func (d *DHT) handleStream(s network.Stream) {
 		if resp == nil {
 			continue
 		}
-		timer.Reset(d.cfg.requestTimeout)
+		timer.Reset(d.cfg.node.requestTimeout)
 		if err := wire.WriteMsg(s, resp); err != nil {
 			_ = s.Reset()
 			return
@@ -118,7 +118,7 @@ func (d *DHT) serve(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Mes
 	if !ok {
 		return nil, fmt.Errorf("%w: unsupported message type %s", errBadRequest, req.Type)
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.node.requestTimeout)
 	defer cancel()
 	resp, err := h(ctx, from, req)
 	if err != nil {
@@ -153,7 +153,7 @@ func (d *DHT) handleFindNode(_ context.Context, from peer.ID, req *pb.Message) (
 // closerPeers returns wire entries for the k closest table peers to key,
 // excluding the requester and peers whose addresses we do not know.
 func (d *DHT) closerPeers(key []byte, from peer.ID) []pb.Peer {
-	k := d.cfg.bucketSize
+	k := d.cfg.table.bucketSize
 	near := d.rt.nearest(kbucket.KeyForBytes(key), k+1)
 	out := make([]pb.Peer, 0, k)
 	for _, p := range near {
@@ -186,8 +186,8 @@ func (d *DHT) peerEntry(p peer.ID) (pb.Peer, bool) {
 }
 
 func (d *DHT) encodePeer(p peer.ID, addrs []ma.Multiaddr) pb.Peer {
-	if len(addrs) > d.cfg.maxAddrsPerPeer {
-		addrs = addrs[:d.cfg.maxAddrsPerPeer]
+	if len(addrs) > d.cfg.limits.maxAddrsPerPeer {
+		addrs = addrs[:d.cfg.limits.maxAddrsPerPeer]
 	}
 	e := pb.Peer{ID: []byte(p), Addrs: make([][]byte, 0, len(addrs))}
 	for _, a := range addrs {

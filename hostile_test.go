@@ -261,7 +261,7 @@ func TestHostileResponses(t *testing.T) {
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, recall(got, honest), 0.9)
 		known := len(q.h.Peerstore().Peers())
-		require.Less(t, known, n+2+2*q.cfg.bucketSize+5, "at most 2k peers taken from one answer")
+		require.Less(t, known, n+2+2*q.cfg.table.bucketSize+5, "at most 2k peers taken from one answer")
 		t.Logf("answer of %d peers: lookup took %v, querier knows %d peers", len(thousands)+n, time.Since(start).Round(time.Millisecond), known)
 	})
 	t.Run("records for another key", func(t *testing.T) {

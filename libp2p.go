@@ -25,7 +25,7 @@ func (d *DHT) attachHost() error {
 		_ = sub.Close()
 		return ErrClosed
 	}
-	switch d.cfg.mode {
+	switch d.cfg.node.mode {
 	case ModeServer, ModeAutoServer:
 		d.setServing(true)
 	}
@@ -97,7 +97,7 @@ func (d *DHT) eventLoop(sub event.Subscription) {
 }
 
 func (d *DHT) onReachability(r network.Reachability) {
-	switch d.cfg.mode {
+	switch d.cfg.node.mode {
 	case ModeAuto:
 		d.setServing(r == network.ReachabilityPublic)
 	case ModeAutoServer:

@@ -193,14 +193,14 @@ func (d *DHT) checkRequest(req *pb.Message) error {
 // handler put in it: at most k closer peers, MaxProvidersPerResponse
 // providers and MaxAddrsPerPeer addresses per entry.
 func (d *DHT) trimResponse(m *pb.Message) {
-	if len(m.CloserPeers) > d.cfg.bucketSize+1 {
+	if len(m.CloserPeers) > d.cfg.table.bucketSize+1 {
 		// k plus the exact target of a FIND_NODE.
-		m.CloserPeers = m.CloserPeers[:d.cfg.bucketSize+1]
+		m.CloserPeers = m.CloserPeers[:d.cfg.table.bucketSize+1]
 	}
 	if len(m.ProviderPeers) > d.cfg.limits.provsPerResp {
 		m.ProviderPeers = m.ProviderPeers[:d.cfg.limits.provsPerResp]
 	}
-	trimAddrs(m, d.cfg.maxAddrsPerPeer)
+	trimAddrs(m, d.cfg.limits.maxAddrsPerPeer)
 }
 
 // maxPeersInbound bounds the entries kept from one inbound response: more
@@ -217,7 +217,7 @@ func (d *DHT) trimInbound(m *pb.Message) {
 	if len(m.ProviderPeers) > maxPeersInbound {
 		m.ProviderPeers = m.ProviderPeers[:maxPeersInbound]
 	}
-	trimAddrs(m, d.cfg.maxAddrsPerPeer)
+	trimAddrs(m, d.cfg.limits.maxAddrsPerPeer)
 }
 
 func trimAddrs(m *pb.Message, n int) {

@@ -20,13 +20,13 @@ const maintainConcurrency = 8
 // water mark; and it runs the discovery runs asked for by kickDiscovery.
 // It does nothing at all when random walk is off.
 func (d *DHT) maintain() {
-	if !d.cfg.randomWalk {
+	if !d.cfg.table.randomWalk {
 		return
 	}
-	refresh := time.NewTicker(d.cfg.ext.refreshInterval)
+	refresh := time.NewTicker(d.cfg.table.refreshInterval)
 	defer refresh.Stop()
 	ticks := refresh.C
-	if d.cfg.ext.manualRefresh {
+	if d.cfg.table.testManualRefresh {
 		ticks = nil
 	}
 	low := time.NewTicker(d.lowWaterCheck())
@@ -57,7 +57,7 @@ func (d *DHT) maintain() {
 		case <-ticks:
 			d.refreshAndSave(d.ctx)
 		case <-low.C:
-			if d.rt.Size() < d.lowWater() && len(d.cfg.bootstrapPeers) > 0 {
+			if d.rt.Size() < d.lowWater() && len(d.cfg.table.bootstrapPeers) > 0 {
 				d.log.Debug("routing table below low water mark: bootstrapping", "size", d.rt.Size())
 				if err := d.Bootstrap(d.ctx); err != nil {
 					d.log.Debug("re-bootstrap failed", "err", err)
@@ -67,12 +67,15 @@ func (d *DHT) maintain() {
 	}
 }
 
+// refreshInterval is how long a looked-up bucket counts as fresh.
+func (d *DHT) refreshInterval() time.Duration { return d.cfg.table.refreshInterval }
+
 // lowWater is the table size under which the node bootstraps by itself.
-func (d *DHT) lowWater() int { return max(1, d.cfg.bucketSize/4) }
+func (d *DHT) lowWater() int { return max(1, d.cfg.table.bucketSize/4) }
 
 // lowWaterCheck is how often the table size is checked against lowWater.
 func (d *DHT) lowWaterCheck() time.Duration {
-	return min(time.Minute, d.cfg.ext.refreshInterval)
+	return min(time.Minute, d.cfg.table.refreshInterval)
 }
 
 // refreshAndSave is what each refresh tick does: a round of upkeep, then
@@ -87,7 +90,7 @@ func (d *DHT) refreshAndSave(ctx context.Context) {
 // refreshOnce is one round of upkeep: liveness checks, a self-lookup,
 // then stale buckets.
 func (d *DHT) refreshOnce(ctx context.Context) {
-	d.checkLiveness(ctx, time.Now().Add(-d.cfg.ext.refreshInterval))
+	d.checkLiveness(ctx, time.Now().Add(-d.cfg.table.refreshInterval))
 	if d.rt.Size() == 0 {
 		if err := d.Bootstrap(ctx); err != nil {
 			d.log.Debug("refresh: bootstrap failed", "err", err)

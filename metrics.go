@@ -16,21 +16,6 @@ import (
 // instrumentationName names kad's meter and tracer.
 const instrumentationName = "github.com/kadlib/kad"
 
-// MeterProvider sets where OpenTelemetry metrics go: requests in and out
-// by type, errors, request latency, table size, lookups and their hops.
-// Default otel.GetMeterProvider(), a no-op unless the application
-// installs one.
-func MeterProvider(mp metric.MeterProvider) Option {
-	return func(c *config) error { c.meterProvider = mp; return nil }
-}
-
-// TracerProvider sets where OpenTelemetry spans go: one per public
-// operation. Default otel.GetTracerProvider(), a no-op unless the
-// application installs one.
-func TracerProvider(tp trace.TracerProvider) Option {
-	return func(c *config) error { c.tracerProvider = tp; return nil }
-}
-
 // telemetry holds the DHT's instruments. Every instrument is safe to use
 // when the providers are no-ops.
 type telemetry struct {

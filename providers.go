@@ -50,6 +50,21 @@ const (
 	maxProvidersDecoded = 1000
 )
 
+// ProviderRecordStore keeps provider records: which peers announced that
+// they have the content of a key. Keys are CID multihash bytes. Its method set
+// is go-libp2p-kad-dht's providers.ProviderStore, so a store written for
+// that library (its ProviderManager included) plugs in unchanged.
+//
+// A custom store owns its own expiry: the DHT sweeps only the built-in
+// one. It must be safe for concurrent use.
+type ProviderRecordStore interface {
+	// AddProvider records that prov provides key. prov.Addrs may be empty
+	// when the provider announced none.
+	AddProvider(ctx context.Context, key []byte, prov peer.AddrInfo) error
+	// GetProviders returns the live providers of key.
+	GetProviders(ctx context.Context, key []byte) ([]peer.AddrInfo, error)
+}
+
 // providersState is the providers side's runtime state.
 type providersState struct {
 	store   ProviderRecordStore // nil when disabled
@@ -69,18 +84,14 @@ func (b builtinProviders) GetProviders(ctx context.Context, key []byte) ([]peer.
 }
 
 func (d *DHT) initProviders() error {
-	pc := d.cfg.ext.providers
+	pc := d.cfg.providers
 	if pc.disabled {
 		return nil
 	}
 	if pc.store != nil {
 		d.ext.providers.store = pc.store
 	} else {
-		s, err := providers.New(d.ext.ds, providers.Config{
-			Validity: pc.validity, AddrTTL: pc.addrTTL, MaxPerKey: pc.maxPerKey, CacheKeys: providerCacheKeys,
-			// The default datastore is our own, fresh and in memory.
-			FreshDatastore: d.cfg.ext.datastore == nil,
-		})
+		s, err := providers.New(d.ext.ds, d.cfg.providerStoreParams())
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
@@ -315,7 +326,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		if err != nil {
 			return nil, false, err
 		}
-		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.bucketSize)
+		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
 		d.learnAddrs(closer)
 		provs := decodePeers(resp.ProviderPeers, "", maxProvidersDecoded)
 		d.learnAddrs(provs)
@@ -348,9 +359,9 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 			d.log.Debug("ADD_PROVIDER for another peer ignored", "from", from)
 			continue
 		}
-		addrs := make([]ma.Multiaddr, 0, min(len(e.Addrs), d.cfg.maxAddrsPerPeer))
+		addrs := make([]ma.Multiaddr, 0, min(len(e.Addrs), d.cfg.limits.maxAddrsPerPeer))
 		for _, b := range e.Addrs {
-			if len(addrs) == d.cfg.maxAddrsPerPeer {
+			if len(addrs) == d.cfg.limits.maxAddrsPerPeer {
 				break
 			}
 			a, err := ma.NewMultiaddrBytes(bytes.Clone(b))
@@ -367,7 +378,7 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 		if len(addrs) == 0 {
 			continue
 		}
-		d.ps.AddAddrs(from, addrs, d.cfg.ext.providers.addrTTL)
+		d.ps.AddAddrs(from, addrs, d.cfg.providers.addrTTL)
 		if err := d.ext.providers.store.AddProvider(ctx, key, peer.AddrInfo{ID: from, Addrs: addrs}); err != nil {
 			d.log.Debug("provider not stored", "from", from, "err", err)
 			continue
@@ -394,7 +405,7 @@ func (d *DHT) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Mess
 		d.log.Warn("read providers", "err", err)
 	}
 	for _, ai := range provs {
-		if len(resp.ProviderPeers) == d.cfg.bucketSize {
+		if len(resp.ProviderPeers) == d.cfg.table.bucketSize {
 			break
 		}
 		addrs := ai.Addrs

@@ -71,7 +71,7 @@ type provideRun struct {
 // announce sends ADD_PROVIDER for key to the k closest peers, optimistically
 // (see above), and returns once enough were written.
 func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) error {
-	k := d.cfg.bucketSize
+	k := d.cfg.table.bucketSize
 	// The sends outlive Provide's return, so they run on a context of their
 	// own: cancelled by the caller only until Provide returns, by Close
 	// always.
@@ -168,7 +168,7 @@ func (r *provideRun) run(key []byte) {
 func (r *provideRun) onProgress(l *lookup.Lookup) {
 	cands := l.Closest(r.k)
 	if !r.converged {
-		beta := min(r.d.cfg.resiliency, len(cands))
+		beta := min(r.d.cfg.lookup.resiliency, len(cands))
 		conv := beta > 0
 		for _, p := range cands[:beta] {
 			if l.State(p) != lookup.Succeeded {

@@ -102,23 +102,23 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 	if d.own.isClosed() {
 		return nil, ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.lookupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.lookup.timeout)
 	defer cancel()
 	stopLife := context.AfterFunc(d.ctx, cancel)
 	defer stopLife()
 
-	k := d.cfg.bucketSize
+	k := d.cfg.table.bucketSize
 	seeds := d.seedsFor(d.rt.nearest(target, k))
 	if len(seeds) == 0 {
 		return nil, ErrNoPeers
 	}
 	l := lookup.New(target, d.self, seeds, lookup.Config{
-		K: k, Alpha: d.cfg.concurrency, ConvergeAlpha: d.cfg.convergeAlpha, Beta: d.cfg.resiliency, Disjoint: d.cfg.disjointPaths,
+		K: k, Alpha: d.cfg.lookup.concurrency, ConvergeAlpha: d.cfg.lookup.convergeAlpha, Beta: d.cfg.lookup.resiliency, Disjoint: d.cfg.lookup.disjointPaths,
 		Near: d.lookupNear(k, o.stopsEarly),
 	})
 	d.tel.stats.lookups.Add(1)
 	// Near requests can take the requests in flight up to max(alpha, k).
-	replies := make(chan queryReply, max(d.cfg.concurrency, k))
+	replies := make(chan queryReply, max(d.cfg.lookup.concurrency, k))
 	res := &lookupResult{}
 	inflight := 0
 	defer func() {
@@ -188,7 +188,7 @@ func (d *DHT) runLookupOpts(ctx context.Context, target kbucket.ID, fn queryFunc
 // that may stop early, and with ConvergeConcurrency set, whose point is to
 // send fewer requests.
 func (d *DHT) lookupNear(k int, stopsEarly bool) float64 {
-	if stopsEarly || d.cfg.convergeAlpha != 0 {
+	if stopsEarly || d.cfg.lookup.convergeAlpha != 0 {
 		return 0
 	}
 	return lookup.NearFactor * d.kthDistance(k)
@@ -244,7 +244,7 @@ func (d *DHT) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrI
 	if err != nil {
 		return nil, err
 	}
-	closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.bucketSize)
+	closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
 	d.learnAddrs(closer)
 	return closer, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
 	"github.com/kadlib/kad/internal/records"
-	"github.com/kadlib/kad/internal/wire"
 )
 
 // ErrInvalidRecord is wrapped by PutValue's error when the record is
@@ -40,60 +38,8 @@ const (
 	recordSweepBatch = 256
 )
 
-// nsValidator is one NamespacedValidator option.
-type nsValidator struct {
-	ns string
-	v  record.Validator
-}
-
-// valuesConfig holds the values side's settings.
-type valuesConfig struct {
-	disabled      bool
-	validator     record.Validator // set by Validator; nil: the default
-	validatorSet  bool
-	namespaces    []nsValidator
-	maxRecordAge  time.Duration
-	maxRecordSize int
-}
-
-func defaultValuesConfig() valuesConfig {
-	return valuesConfig{maxRecordAge: 48 * time.Hour, maxRecordSize: 64 << 10}
-}
-
-func (v *valuesConfig) validate(c *config) []error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
-	}
-	if v.maxRecordAge <= 0 {
-		bad("max record age %v <= 0", v.maxRecordAge)
-	}
-	if v.maxRecordSize < 1 {
-		bad("max record size %d < 1", v.maxRecordSize)
-	}
-	if v.maxRecordSize > wire.DefaultMaxMessageSize {
-		// No go or js peer would read the message carrying it.
-		bad("max record size %d > %d, the message limit of go and js peers", v.maxRecordSize, wire.DefaultMaxMessageSize)
-	}
-	if v.validatorSet && v.validator == nil {
-		bad("nil validator")
-	}
-	for _, n := range v.namespaces {
-		if n.ns == "" || strings.Contains(n.ns, "/") {
-			bad("validator namespace %q must be non-empty and without /", n.ns)
-		}
-		if n.v == nil {
-			bad("nil validator for namespace %q", n.ns)
-		}
-	}
-	if _, ok := v.validator.(record.NamespacedValidator); v.validator != nil && !ok && len(v.namespaces) > 0 {
-		bad("NamespacedValidator needs the Validator option's validator to be a record.NamespacedValidator, not %T", v.validator)
-	}
-	return errs
-}
-
 // aminoPrefix is the protocol prefix of the public Amino DHT, where every
-// peer validates the pk and ipns namespaces.
+// peer validates the ipns namespace too.
 const aminoPrefix protocol.ID = "/ipfs"
 
 // buildValidator returns the validator to use, never sharing a map with
@@ -137,13 +83,13 @@ type valuesState struct {
 func (d *DHT) Validator() record.Validator { return d.ext.values.validator }
 
 func (d *DHT) initValues() error {
-	vc := &d.cfg.ext.values
+	vc := &d.cfg.values
 	if vc.disabled {
 		return nil
 	}
 	d.ext.values = valuesState{
 		on:        true,
-		validator: vc.buildValidator(d.cfg.prefix, d.ps),
+		validator: vc.buildValidator(d.cfg.node.prefix, d.ps),
 		store:     records.New(d.ext.ds, vc.maxRecordAge, time.Now),
 	}
 	d.handlers[int32(pb.PutValue)] = d.handlePutValue
@@ -156,7 +102,7 @@ func (d *DHT) startValues() {
 	if !d.ext.values.on {
 		return
 	}
-	every := min(recordSweepInterval, max(d.cfg.ext.values.maxRecordAge/2, time.Second))
+	every := min(recordSweepInterval, max(d.cfg.values.maxRecordAge/2, time.Second))
 	d.own.every(every, d.sweepRecords)
 }
 
@@ -187,7 +133,7 @@ func (d *DHT) closeValues() error { return nil }
 // checkRecord says whether we would store key/value at all: size, then
 // the validator.
 func (d *DHT) checkRecord(key string, value []byte) error {
-	if size, limit := len(key)+len(value), d.cfg.ext.values.maxRecordSize; size > limit {
+	if size, limit := len(key)+len(value), d.cfg.values.maxRecordSize; size > limit {
 		return fmt.Errorf("%w: record of %d bytes over the %d-byte limit", ErrInvalidRecord, size, limit)
 	}
 	if err := d.ext.values.validator.Validate(key, value); err != nil {
@@ -521,7 +467,7 @@ func (d *DHT) searchValue(ctx context.Context, key string, o *routing.Options, e
 		if err != nil {
 			return nil, false, err
 		}
-		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.bucketSize)
+		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
 		d.learnAddrs(closer)
 		return closer, s.offer(ctx, p, d.receivedValue(p, key, resp.Record)), nil
 	}, lookupOpts{stopsEarly: s.quorum > 0})

@@ -180,14 +180,14 @@ func TestBuildValidator(t *testing.T) {
 		{
 			name:    "default on /ipfs: pk and ipns",
 			prefix:  "/ipfs",
-			vc:      defaultValuesConfig(),
+			vc:      defaults().values,
 			valid:   map[string][]byte{pkKey: pkBytes, ipnsName: ipnsRec},
 			invalid: map[string][]byte{ipnsKey(oldID): expired, "/ipns/x": ipnsRec, "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
 		},
 		{
 			name:    "default on another prefix: pk only",
 			prefix:  "/myapp",
-			vc:      defaultValuesConfig(),
+			vc:      defaults().values,
 			valid:   map[string][]byte{pkKey: pkBytes},
 			invalid: map[string][]byte{ipnsName: ipnsRec, "/test/x": []byte("1:x"), pkKey: []byte("junk"), "nokey": nil},
 		},
@@ -195,14 +195,14 @@ func TestBuildValidator(t *testing.T) {
 			name:   "ipns key from the peerstore",
 			prefix: "/ipfs",
 			keys:   withKey,
-			vc:     defaultValuesConfig(),
+			vc:     defaults().values,
 			valid:  map[string][]byte{ipnsKey(ecID): ecRec},
 		},
 		{
 			name:    "ipns key not in the peerstore",
 			prefix:  "/ipfs",
 			keys:    noKey,
-			vc:      defaultValuesConfig(),
+			vc:      defaults().values,
 			invalid: map[string][]byte{ipnsKey(ecID): ecRec},
 		},
 		{

@@ -117,7 +117,7 @@ func (d *DHT) loadTable() {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.requestTimeout)
+			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.node.requestTimeout)
 			defer cancel()
 			if err := d.addPeer(ctx, ai); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Debug("saved peer unreachable", "peer", ai.ID, "err", err)

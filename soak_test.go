@@ -146,5 +146,5 @@ func TestSoakChurn(t *testing.T) {
 
 // manualRefresh stops the refresh ticker: the test calls refreshOnce.
 func manualRefresh() Option {
-	return func(c *config) error { c.ext.manualRefresh = true; return nil }
+	return func(c *config) error { c.table.testManualRefresh = true; return nil }
 }

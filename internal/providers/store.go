@@ -28,7 +28,8 @@ import (
 // flood of fake announcements cannot push real ones out.
 var ErrKeyFull = errors.New("providers: key has the maximum number of providers")
 
-// ErrInvalidConfig is returned by New for a Config out of range.
+// ErrInvalidConfig is wrapped by the errors of New and Validate for a
+// Config out of range.
 var ErrInvalidConfig = errors.New("providers: invalid config")
 
 // Config sets the store's limits.
@@ -52,13 +53,19 @@ type Config struct {
 	FreshDatastore bool
 }
 
-func (c Config) validate() error {
+// Validate reports every out-of-range setting; New calls it, and the DHT's
+// option layer calls it to reject a bad setting up front. Every error
+// wraps ErrInvalidConfig.
+func (c Config) Validate() error {
 	var errs []error
 	if c.Validity <= 0 {
 		errs = append(errs, fmt.Errorf("%w: validity %v <= 0", ErrInvalidConfig, c.Validity))
 	}
 	if c.AddrTTL <= 0 {
 		errs = append(errs, fmt.Errorf("%w: address TTL %v <= 0", ErrInvalidConfig, c.AddrTTL))
+	}
+	if c.Validity > 0 && c.AddrTTL > c.Validity {
+		errs = append(errs, fmt.Errorf("%w: address TTL %v > validity %v: addresses would outlive their record", ErrInvalidConfig, c.AddrTTL, c.Validity))
 	}
 	if c.MaxPerKey < 1 {
 		errs = append(errs, fmt.Errorf("%w: max providers per key %d < 1", ErrInvalidConfig, c.MaxPerKey))
@@ -89,7 +96,7 @@ func New(d ds.Batching, cfg Config) (*Store, error) {
 	if d == nil {
 		return nil, fmt.Errorf("%w: nil datastore", ErrInvalidConfig)
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	s := &Store{ds: d, cfg: cfg, cache: newLRU(cfg.CacheKeys)}

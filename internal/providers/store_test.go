@@ -85,6 +85,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no cache", func(c *Config) { c.CacheKeys = 0 }, true},
 		{"zero validity", func(c *Config) { c.Validity = 0 }, false},
 		{"negative addr ttl", func(c *Config) { c.AddrTTL = -time.Second }, false},
+		{"addr ttl beyond validity", func(c *Config) { c.AddrTTL = c.Validity + time.Second }, false},
 		{"zero per key", func(c *Config) { c.MaxPerKey = 0 }, false},
 		{"negative cache", func(c *Config) { c.CacheKeys = -1 }, false},
 	}
