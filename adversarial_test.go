@@ -264,7 +264,7 @@ func TestAdversarialFlood(t *testing.T) {
 	for ctx.Err() == nil {
 		start := time.Now()
 		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := honest.request(rctx, victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("honest")})
+		_, err := honest.q.request(rctx, victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("honest")})
 		rcancel()
 		honestAsked++
 		if err == nil {
@@ -290,7 +290,7 @@ func TestAdversarialFlood(t *testing.T) {
 		st := victim.limiter.stats()
 		return st.open >= perPeer && st.rejectedStreams-rejectedBefore == int64(streamsHeld-perPeer)
 	})
-	_, err = honest.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("held")})
+	_, err = honest.q.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("held")})
 	require.NoError(t, err, "the honest peer is served while the attacker holds its streams")
 
 	heapAfter := heap()
@@ -304,7 +304,7 @@ func TestAdversarialFlood(t *testing.T) {
 	require.Greater(t, refused.Load(), answered.Load()/2, "the rate limit refused much of the flood")
 	require.LessOrEqual(t, answered.Load(), int64(floodFor.Seconds()*victim.cfg.limits.peerRate)+int64(victim.cfg.limits.peerBurst)+int64(workers))
 	require.Less(t, heapAfter, heapBefore+64<<20, "memory stays bounded")
-	_, err = honest.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("after")})
+	_, err = honest.q.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("after")})
 	require.NoError(t, err, "the node still answers after the flood")
 }
 

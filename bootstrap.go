@@ -89,7 +89,7 @@ func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
 // addPeer connects to ai and admits it once it answers a FIND_NODE. The
 // probe dials ai itself: host.Connect would also wait for identify.
 func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
-	if !d.queryable(ai) {
+	if !d.filter.queryable(ai) {
 		return fmt.Errorf("peer %s: %w", ai.ID, errFiltered)
 	}
 	if len(ai.Addrs) > 0 {
@@ -99,7 +99,7 @@ func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
 		return fmt.Errorf("probe %s: %w", ai.ID, err)
 	}
 	d.admit(ai.ID)
-	if !d.rt.Find(ai.ID) && !d.admissible(ai.ID) {
+	if !d.rt.Find(ai.ID) && !d.filter.admissible(ai.ID) {
 		return fmt.Errorf("peer %s: %w", ai.ID, errFiltered)
 	}
 	return nil

@@ -45,11 +45,11 @@ func TestConvergeConcurrencyOption(t *testing.T) {
 func TestLookupNear(t *testing.T) {
 	tn := newTestNet(t, 30, 402, RandomWalk(false))
 	d := tn.nodes[3]
-	near := d.lookupNear(20, false)
+	near := d.q.near(20, false)
 	require.Greater(t, near, 0.0)
 	require.False(t, math.IsInf(near, 1), "29 peers known: an estimate, not everything")
-	require.Zero(t, d.lookupNear(20, true), "a lookup that may stop early")
+	require.Zero(t, d.q.near(20, true), "a lookup that may stop early")
 
 	narrow := newTestNet(t, 2, 403, RandomWalk(false), ConvergeConcurrency(3)).nodes[0]
-	require.Zero(t, narrow.lookupNear(20, false))
+	require.Zero(t, narrow.q.near(20, false))
 }

@@ -203,7 +203,7 @@ func TestKilledMidWriteKeepsAcknowledged(t *testing.T) {
 	}
 	// And it serves them to the network.
 	for k, v := range ackedValues {
-		resp, err := tn.nodes[0].request(ctx, restarted.self, &pb.Message{Type: pb.GetValue, Key: []byte(k)})
+		resp, err := tn.nodes[0].q.request(ctx, restarted.self, &pb.Message{Type: pb.GetValue, Key: []byte(k)})
 		require.NoError(t, err)
 		require.NotNil(t, resp.Record)
 		require.Equal(t, v, string(resp.Record.Value))

@@ -70,9 +70,11 @@ type DHT struct {
 	protocol protocol.ID
 	self     peer.ID
 
-	rt   *RoutingTable
-	msgr messenger           // the network seam: every message goes through it
-	ps   peerstore.Peerstore // addresses and protocols of other peers
+	rt     *RoutingTable
+	msgr   messenger           // the network seam: every message goes through it
+	filter *addrFilter         // AddressFilter: who may enter the table and lookups
+	q      *querier            // lookups and requests
+	ps     peerstore.Peerstore // addresses and protocols of other peers
 	// selfAddrs returns the addresses we are reached at.
 	selfAddrs func() []ma.Multiaddr
 
@@ -184,11 +186,17 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 
 		discoverKick: make(chan struct{}, 1),
 	}
+	d.filter = &addrFilter{accept: cfg.table.addrFilter, msgr: env.msgr, ps: env.ps}
 	d.rt = newRoutingTable(d.self, cfg.table.bucketSize)
 	d.rt.onChange = d.peerChanged
 	if cfg.table.diversity != nil {
 		d.rt.div = newDiversity(*cfg.table.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(env.ps.Addrs(p)) }
+	}
+	d.q = &querier{
+		self: d.self, k: cfg.table.bucketSize, cfg: cfg.lookup, maxAddrs: cfg.limits.maxAddrsPerPeer,
+		own: own, msgr: env.msgr, ps: env.ps, filter: d.filter,
+		nearest: d.rt.nearest, onAnswer: d.admit, onFailure: d.noteFailure,
 	}
 	d.handlers = d.coreHandlers()
 	d.limiter = newInboundLimiter(cfg.limits)
@@ -198,6 +206,7 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		return nil, fmt.Errorf("kad: telemetry: %w", err)
 	}
 	d.tel = tel
+	d.q.tel = tel
 	if err := d.initExt(); err != nil {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())
@@ -254,7 +263,7 @@ func (d *DHT) supportsDHT(p peer.ID) bool {
 // and is not in the table: p is admitted only once it answers a FIND_NODE
 // for its own id, so unresponsive servers cannot poison the table.
 func (d *DHT) consider(p peer.ID) {
-	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) || !d.admissible(p) {
+	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) || !d.filter.admissible(p) {
 		return
 	}
 	// A probe costs the peer a request: spend it only when the peer could
@@ -295,7 +304,7 @@ func (d *DHT) verify(p peer.ID, check func()) {
 
 // probe asks p a FIND_NODE for its own id and checks it answers.
 func (d *DHT) probe(ctx context.Context, p peer.ID) error {
-	_, err := d.findNode(ctx, p, []byte(p))
+	_, err := d.q.findNode(ctx, p, []byte(p))
 	return err
 }
 
@@ -318,7 +327,7 @@ func (d *DHT) peerChanged(p peer.ID, added bool) {
 // admit adds a peer that has proven to be a live server, if the address
 // filter lets it in.
 func (d *DHT) admit(p peer.ID) {
-	if p == d.self || d.own.isClosed() || !d.admissible(p) {
+	if p == d.self || d.own.isClosed() || !d.filter.admissible(p) {
 		return
 	}
 	if d.rt.add(p, time.Now()) == kbucket.Pending {

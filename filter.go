@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -74,43 +75,49 @@ func isRelayAddr(a ma.Multiaddr) bool {
 	return err == nil
 }
 
+// addrFilter applies the AddressFilter setting: which peers may enter
+// the table and which a lookup may ask.
+type addrFilter struct {
+	accept func(peer.AddrInfo) bool // nil: every peer
+	msgr   messenger                // the addresses of live connections
+	ps     peerstore.AddrBook       // the addresses of the others
+}
+
 // admissionAddrs returns what the address filter judges a table
 // candidate by: the remote addresses of the live connections to p, or
 // its peerstore addresses when there are none.
-func (d *DHT) admissionAddrs(p peer.ID) peer.AddrInfo {
-	ai := peer.AddrInfo{ID: p, Addrs: d.msgr.connAddrs(p)}
+func (f *addrFilter) admissionAddrs(p peer.ID) peer.AddrInfo {
+	ai := peer.AddrInfo{ID: p, Addrs: f.msgr.connAddrs(p)}
 	if len(ai.Addrs) == 0 {
-		ai.Addrs = d.ps.Addrs(p)
+		ai.Addrs = f.ps.Addrs(p)
 	}
 	return ai
 }
 
 // admissible reports whether the address filter lets p into the table
 // and into lookups as a seed.
-func (d *DHT) admissible(p peer.ID) bool {
-	f := d.cfg.table.addrFilter
-	return f == nil || f(d.admissionAddrs(p))
+func (f *addrFilter) admissible(p peer.ID) bool {
+	return f.accept == nil || f.accept(f.admissionAddrs(p))
 }
 
 // queryable reports whether the address filter lets a lookup ask ai, a
 // peer a response listed.
-func (d *DHT) queryable(ai peer.AddrInfo) bool {
-	f := d.cfg.table.addrFilter
-	if f == nil {
+func (f *addrFilter) queryable(ai peer.AddrInfo) bool {
+	if f.accept == nil {
 		return true
 	}
 	if len(ai.Addrs) == 0 {
-		ai.Addrs = d.ps.Addrs(ai.ID)
+		ai.Addrs = f.ps.Addrs(ai.ID)
 	}
-	return f(ai)
+	return f.accept(ai)
 }
 
 // candidates returns the ids of the peers of a response that a lookup
 // may ask.
-func (d *DHT) candidates(closer []peer.AddrInfo) []peer.ID {
+func (f *addrFilter) candidates(closer []peer.AddrInfo) []peer.ID {
 	ids := make([]peer.ID, 0, len(closer))
 	for _, ai := range closer {
-		if d.queryable(ai) {
+		if f.queryable(ai) {
 			ids = append(ids, ai.ID)
 		}
 	}
@@ -119,13 +126,13 @@ func (d *DHT) candidates(closer []peer.AddrInfo) []peer.ID {
 
 // seedsFor filters a lookup's seeds, table peers, through the address
 // filter: their addresses may have changed since they were admitted.
-func (d *DHT) seedsFor(seeds []peer.ID) []peer.ID {
-	if d.cfg.table.addrFilter == nil {
+func (f *addrFilter) seeds(seeds []peer.ID) []peer.ID {
+	if f.accept == nil {
 		return seeds
 	}
 	out := seeds[:0:0]
 	for _, p := range seeds {
-		if d.admissible(p) {
+		if f.admissible(p) {
 			out = append(out, p)
 		}
 	}

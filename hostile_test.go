@@ -147,7 +147,7 @@ func TestHostileInputs(t *testing.T) {
 			}
 			require.NoError(t, conn.resetWithin(5*time.Second))
 			require.Equal(t, before, snapshot(t, srv.ext.ds), "nothing stored or changed")
-			_, err := cli.request(ctx, srv.self, &pb.Message{Type: pb.FindNode, Key: []byte("after")})
+			_, err := cli.q.request(ctx, srv.self, &pb.Message{Type: pb.FindNode, Key: []byte("after")})
 			require.NoError(t, err, "the node still answers its peers")
 			_, err = openRaw(t, attacker, srv.self).ask(&pb.Message{Type: pb.FindNode, Key: []byte("after")})
 			require.NoError(t, err, "and the attacker's next valid request")

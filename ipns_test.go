@@ -91,7 +91,7 @@ func newIPNSNet(t *testing.T, opts ...Option) *ipnsNet {
 // served is the record server s answers a GET_VALUE for key with, nil if none.
 func served(t *testing.T, from, s *DHT, key string) []byte {
 	t.Helper()
-	resp, err := from.request(testCtx(t, 10*time.Second), s.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
+	resp, err := from.q.request(testCtx(t, 10*time.Second), s.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
 	require.NoError(t, err)
 	if resp.Record == nil {
 		return nil
@@ -102,7 +102,7 @@ func served(t *testing.T, from, s *DHT, key string) []byte {
 // rawPut sends PUT_VALUE for key straight to s, skipping the sender's own
 // validation.
 func rawPut(ctx context.Context, from, s *DHT, key string, value []byte) error {
-	_, err := from.request(ctx, s.self, &pb.Message{
+	_, err := from.q.request(ctx, s.self, &pb.Message{
 		Type:   pb.PutValue,
 		Key:    []byte(key),
 		Record: &pb.Record{Key: []byte(key), Value: value},

@@ -210,14 +210,14 @@ const maxPeersInbound = 1024
 // trimInbound bounds what a peer's answer can make us keep and parse:
 // entries past maxPeersInbound and addresses past MaxAddrsPerPeer per
 // entry are dropped before anything else reads them.
-func (d *DHT) trimInbound(m *pb.Message) {
+func trimInbound(m *pb.Message, maxAddrs int) {
 	if len(m.CloserPeers) > maxPeersInbound {
 		m.CloserPeers = m.CloserPeers[:maxPeersInbound]
 	}
 	if len(m.ProviderPeers) > maxPeersInbound {
 		m.ProviderPeers = m.ProviderPeers[:maxPeersInbound]
 	}
-	trimAddrs(m, d.cfg.limits.maxAddrsPerPeer)
+	trimAddrs(m, maxAddrs)
 }
 
 func trimAddrs(m *pb.Message, n int) {

@@ -30,7 +30,7 @@ const oneWayWriteSize = 16 << 10
 // peer has reset can still report success (mocknet always does, and so
 // does a lazily negotiated stream to a peer without the protocol). A peer
 // that neither closes nor resets in time counts as reached.
-func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (n int, err error) {
+func (q *querier) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (n int, err error) {
 	start := time.Now()
 	defer func() {
 		for i, m := range msgs {
@@ -38,10 +38,10 @@ func (d *DHT) sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, wri
 			if i >= n {
 				e = err
 			}
-			d.tel.observeOutbound(m.Type, start, e)
+			q.tel.observeOutbound(m.Type, start, e)
 		}
 	}()
-	return d.msgr.sendOneWay(ctx, p, msgs, written)
+	return q.msgr.sendOneWay(ctx, p, msgs, written)
 }
 
 // sendOneWay writes msgs on a stream of their own (see DHT.sendOneWay).

@@ -239,13 +239,13 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 	d := w.d
 	for i := 0; i < len(keys) && ctx.Err() == nil; {
 		target := keys[i]
-		res, err := d.runLookup(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-			closer, err := d.findNode(ctx, p, target.mh)
+		res, err := d.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+			closer, err := d.q.findNode(ctx, p, target.mh)
 			if err != nil {
 				w.known.remove(p)
 				return nil, false, err
 			}
-			w.known.addInfos(closer, d.queryable)
+			w.known.addInfos(closer, d.filter.queryable)
 			return closer, false, nil
 		})
 		w.mu.Lock()
@@ -298,7 +298,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 				started := d.own.spawn(func() {
 					defer w.sends.Done()
 					defer func() { <-w.sem }()
-					n, err := d.sendOneWay(ctx, p, chunk, nil)
+					n, err := d.q.sendOneWay(ctx, p, chunk, nil)
 					w.mu.Lock()
 					w.rep.Messages += n
 					if err == nil {

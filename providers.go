@@ -321,15 +321,15 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		}
 	}
 
-	_, err = d.runLookupOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		resp, err := d.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
+	_, err = d.q.runOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		resp, err := d.q.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
 		if err != nil {
 			return nil, false, err
 		}
 		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
-		d.learnAddrs(closer)
+		d.q.learnAddrs(closer)
 		provs := decodePeers(resp.ProviderPeers, "", maxProvidersDecoded)
-		d.learnAddrs(provs)
+		d.q.learnAddrs(provs)
 		for _, ai := range provs {
 			if ai.ID == d.self {
 				ai.Addrs = d.selfAddrs()

@@ -84,7 +84,7 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 		target:    kbucket.KeyForBytes(key),
 		msg:       d.addProviderMsg(key, addrs),
 		k:         k,
-		near:      d.kthDistance(k),
+		near:      d.q.kthDistance(k),
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
@@ -138,10 +138,10 @@ func (r *provideRun) run(key []byte) {
 			r.send(p)
 		}
 	}
-	res, err := d.runLookupWith(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		closer, err := d.findNode(ctx, p, key)
+	res, err := d.q.runOpts(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		closer, err := d.q.findNode(ctx, p, key)
 		return closer, false, err
-	}, r.onProgress)
+	}, lookupOpts{hook: r.onProgress})
 	if res != nil && r.ctx.Err() == nil {
 		for _, p := range res.closest {
 			if !r.attempted[p] {
@@ -205,7 +205,7 @@ func (r *provideRun) send(p peer.ID) {
 	r.sends.Add(1)
 	started := r.d.own.spawn(func() {
 		defer r.sends.Done()
-		_, err := r.d.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
+		_, err := r.d.q.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
 			r.mu.Lock()
 			r.written++
 			r.mu.Unlock()

@@ -292,7 +292,7 @@ func classicProvide(ctx context.Context, d *DHT, c cid.Cid) error {
 	var wg sync.WaitGroup
 	for _, p := range closest {
 		wg.Add(1)
-		go func() { defer wg.Done(); _, _ = d.sendOneWay(ctx, p, []*pb.Message{msg}, nil) }()
+		go func() { defer wg.Done(); _, _ = d.q.sendOneWay(ctx, p, []*pb.Message{msg}, nil) }()
 	}
 	wg.Wait()
 	return nil

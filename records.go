@@ -325,7 +325,7 @@ func (d *DHT) putToPeers(ctx context.Context, key string, value []byte, peers []
 // putToPeer sends one PUT_VALUE and checks the echo, as go peers do.
 func (d *DHT) putToPeer(ctx context.Context, p peer.ID, key string, value []byte) error {
 	kb := []byte(key)
-	resp, err := d.request(ctx, p, &pb.Message{Type: pb.PutValue, Key: kb, Record: &pb.Record{Key: kb, Value: value}})
+	resp, err := d.q.request(ctx, p, &pb.Message{Type: pb.PutValue, Key: kb, Record: &pb.Record{Key: kb, Value: value}})
 	if err != nil {
 		return fmt.Errorf("put value to %s: %w", p, err)
 	}
@@ -462,13 +462,13 @@ func (d *DHT) searchValue(ctx context.Context, key string, o *routing.Options, e
 		return nil, nil
 	}
 	kb := []byte(key)
-	res, lerr := d.runLookupOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		resp, err := d.request(ctx, p, &pb.Message{Type: pb.GetValue, Key: kb})
+	res, lerr := d.q.runOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		resp, err := d.q.request(ctx, p, &pb.Message{Type: pb.GetValue, Key: kb})
 		if err != nil {
 			return nil, false, err
 		}
 		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
-		d.learnAddrs(closer)
+		d.q.learnAddrs(closer)
 		return closer, s.offer(ctx, p, d.receivedValue(p, key, resp.Record)), nil
 	}, lookupOpts{stopsEarly: s.quorum > 0})
 	s.mu.Lock()

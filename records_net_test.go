@@ -166,7 +166,7 @@ func TestValues100Nodes(t *testing.T) {
 					continue
 				}
 				kb := []byte(c.key)
-				_, err := from.request(ctx, d.self, &pb.Message{Type: pb.PutValue, Key: kb, Record: &pb.Record{Key: kb, Value: []byte(c.value)}})
+				_, err := from.q.request(ctx, d.self, &pb.Message{Type: pb.PutValue, Key: kb, Record: &pb.Record{Key: kb, Value: []byte(c.value)}})
 				require.Error(t, err, "node refuses %s", c.key)
 			}
 			for i, d := range tn.nodes {

@@ -48,7 +48,7 @@ func TestValuesPersistAcrossRestart(t *testing.T) {
 	for i := 0; i < keys; i++ {
 		key := fmt.Sprintf("/test/persist-%d", i)
 		require.NoError(t, tn.nodes[i%len(tn.nodes)].PutValue(ctx, key, []byte(fmt.Sprintf("1:%d", i))))
-		resp, err := tn.nodes[0].request(ctx, d.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
+		resp, err := tn.nodes[0].q.request(ctx, d.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
 		require.NoError(t, err)
 		require.NotNil(t, resp.Record, "persistent node stored %s", key)
 		timeReceived[key] = resp.Record.TimeReceived
@@ -65,7 +65,7 @@ func TestValuesPersistAcrossRestart(t *testing.T) {
 
 	for i := 0; i < keys; i++ {
 		key := fmt.Sprintf("/test/persist-%d", i)
-		resp, err := tn.nodes[1].request(ctx, d.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
+		resp, err := tn.nodes[1].q.request(ctx, d.self, &pb.Message{Type: pb.GetValue, Key: []byte(key)})
 		require.NoError(t, err)
 		require.NotNil(t, resp.Record, "served after restart: %s", key)
 		require.Equal(t, fmt.Sprintf("1:%d", i), string(resp.Record.Value))

@@ -258,7 +258,7 @@ func TestValueHandlers(t *testing.T) {
 		if recKey != "" {
 			req.Record = &pb.Record{Key: []byte(recKey), Value: value}
 		}
-		return a.request(ctx, b.self, req)
+		return a.q.request(ctx, b.self, req)
 	}
 	before := time.Now()
 	resp, err := put("/test/k", "/test/k", []byte("2:x"))
@@ -290,7 +290,7 @@ func TestValueHandlers(t *testing.T) {
 		})
 	}
 
-	got, err := a.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/k")})
+	got, err := a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/k")})
 	require.NoError(t, err)
 	require.NotNil(t, got.Record)
 	require.Equal(t, []byte("/test/k"), got.Record.Key)
@@ -299,10 +299,10 @@ func TestValueHandlers(t *testing.T) {
 	require.NoError(t, err, "timeReceived is RFC 3339")
 	require.WithinDuration(t, before, ts, 5*time.Second)
 
-	got, err = a.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/absent")})
+	got, err = a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/absent")})
 	require.NoError(t, err)
 	require.Nil(t, got.Record)
-	_, err = a.request(ctx, b.self, &pb.Message{Type: pb.GetValue})
+	_, err = a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue})
 	require.Error(t, err, "GET_VALUE without key is refused")
 }
 
@@ -353,7 +353,7 @@ func TestValueMaxAge(t *testing.T) {
 	require.NoError(t, a.PutValue(ctx, "/test/old", []byte("1:x")))
 	require.Equal(t, []byte("1:x"), stored(t, b, "/test/old"))
 	valWait(t, 5*time.Second, "record expired", func() bool {
-		resp, err := a.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/old")})
+		resp, err := a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/old")})
 		return err == nil && resp.Record == nil
 	})
 	_, err := b.GetValue(ctx, "/test/old", routing.Offline)
@@ -468,9 +468,9 @@ func TestDisableValues(t *testing.T) {
 	require.ErrorIs(t, err, routing.ErrNotSupported)
 	_, err = a.SearchValue(ctx, "/pk/x")
 	require.ErrorIs(t, err, routing.ErrNotSupported)
-	_, err = a.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/pk/x")})
+	_, err = a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/pk/x")})
 	require.Error(t, err)
-	_, err = a.findNode(ctx, b.self, []byte("still routes"))
+	_, err = a.q.findNode(ctx, b.self, []byte("still routes"))
 	require.NoError(t, err)
 }
 

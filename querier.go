@@ -1,0 +1,221 @@
+package kad
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+
+	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/lookup"
+	"github.com/kadlib/kad/internal/pb"
+)
+
+// querier runs lookups and single requests over the messenger. It keeps
+// no state of its own between calls: the table it starts lookups from and
+// reports answers and failures to is given as functions, so the same code
+// runs on libp2p and in a simulated network.
+type querier struct {
+	self     peer.ID
+	k        int
+	cfg      lookupConfig
+	maxAddrs int // addresses kept per peer of an answer
+	own      *owner
+	msgr     messenger
+	tel      *telemetry
+	ps       peerstore.AddrBook // where the addresses answers list go
+	filter   *addrFilter
+	// nearest returns the table's n peers closest to target (the seeds).
+	nearest func(target kbucket.ID, n int) []peer.ID
+	// onAnswer is told of each peer that answered a lookup request.
+	onAnswer func(p peer.ID)
+	// onFailure is told of each request that failed (not cancelled).
+	onFailure func(p peer.ID, err error)
+}
+
+// queryFunc is what a lookup asks each peer. It returns the closer peers
+// the peer gave, and stop=true to end the lookup early (found what it was
+// looking for).
+type queryFunc func(ctx context.Context, p peer.ID) (closer []peer.AddrInfo, stop bool, err error)
+
+// lookupResult is what a lookup found.
+type lookupResult struct {
+	closest []peer.ID // the k closest peers that answered, closest first
+	stats   lookup.Stats
+	stopped bool // ended early by a queryFunc
+}
+
+type queryReply struct {
+	p      peer.ID
+	closer []peer.AddrInfo
+	stop   bool
+	err    error
+}
+
+// run drives an internal/lookup state machine for target: it turns the
+// machine's decisions into requests, one owned goroutine each, and feeds
+// the answers back. It returns when the lookup ends, fn stops it, or ctx
+// is done; requests still in flight are cancelled and finish in the
+// background.
+func (q *querier) run(ctx context.Context, target kbucket.ID, fn queryFunc) (*lookupResult, error) {
+	return q.runOpts(ctx, target, fn, lookupOpts{})
+}
+
+// lookupOpts tune one lookup.
+type lookupOpts struct {
+	hook lookupHook
+	// stopsEarly says fn may end the lookup before it converges (FindPeer,
+	// a GetValue quorum, a FindProviders count): requests sent ahead to
+	// peers near the target (lookup.Config.Near) would then be wasted.
+	stopsEarly bool
+}
+
+// lookupHook is shown the lookup after each answer or failure, on the
+// driver goroutine, so a caller can act before the lookup ends (optimistic
+// provide). It must not block, must not keep l, and may only read it.
+type lookupHook func(l *lookup.Lookup)
+
+// runOpts is run with options.
+func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, o lookupOpts) (*lookupResult, error) {
+	hook := o.hook
+	if q.own.isClosed() {
+		return nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.timeout)
+	defer cancel()
+	stopLife := context.AfterFunc(q.own.ctx, cancel)
+	defer stopLife()
+
+	k := q.k
+	seeds := q.filter.seeds(q.nearest(target, k))
+	if len(seeds) == 0 {
+		return nil, ErrNoPeers
+	}
+	l := lookup.New(target, q.self, seeds, lookup.Config{
+		K: k, Alpha: q.cfg.concurrency, ConvergeAlpha: q.cfg.convergeAlpha, Beta: q.cfg.resiliency, Disjoint: q.cfg.disjointPaths,
+		Near: q.near(k, o.stopsEarly),
+	})
+	q.tel.stats.lookups.Add(1)
+	// Near requests can take the requests in flight up to max(alpha, k).
+	replies := make(chan queryReply, max(q.cfg.concurrency, k))
+	res := &lookupResult{}
+	inflight := 0
+	defer func() {
+		st := l.Stats()
+		res.stats = st
+		q.tel.stats.lookupRequests.Add(int64(st.Requests))
+		q.tel.stats.lookupHops.Add(int64(st.Hops))
+		q.tel.observeLookup(st.Hops, st.Requests)
+	}()
+	for {
+		send, done := l.Next()
+		if done {
+			break
+		}
+		for _, p := range send {
+			if !q.own.spawn(func() {
+				closer, stop, err := fn(ctx, p)
+				select {
+				case replies <- queryReply{p: p, closer: closer, stop: stop, err: err}:
+				case <-ctx.Done():
+				}
+			}) {
+				res.closest = l.Result()
+				return res, fmt.Errorf("kad: lookup: %w", ErrClosed)
+			}
+			inflight++
+		}
+		if inflight == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			res.closest = l.Result()
+			return res, fmt.Errorf("kad: lookup: %w", ctx.Err())
+		case r := <-replies:
+			inflight--
+			if r.err != nil {
+				l.OnFailure(r.p)
+				if ctx.Err() == nil {
+					q.tel.stats.outboundFailed.Add(1)
+					q.onFailure(r.p, r.err)
+				}
+				if hook != nil {
+					hook(l)
+				}
+				continue
+			}
+			q.onAnswer(r.p)
+			l.OnSuccess(r.p, q.filter.candidates(r.closer))
+			if hook != nil {
+				hook(l)
+			}
+			if r.stop {
+				res.stopped = true
+				res.closest = l.Result()
+				return res, nil
+			}
+		}
+	}
+	res.closest = l.Result()
+	return res, nil
+}
+
+// near is the Near distance of a lookup (lookup.Config.Near): the
+// estimated distance from a key to its k-th closest peer, from our own
+// closest peers, with lookup.NearFactor's margin. 0 (off) for a lookup
+// that may stop early, and with ConvergeConcurrency set, whose point is to
+// send fewer requests.
+func (q *querier) near(k int, stopsEarly bool) float64 {
+	if stopsEarly || q.cfg.convergeAlpha != 0 {
+		return 0
+	}
+	return lookup.NearFactor * q.kthDistance(k)
+}
+
+// kthDistance estimates the distance from any key to its k-th closest
+// peer from our own closest peers (kbucket.KthDistance).
+func (q *querier) kthDistance(k int) float64 {
+	self := kbucket.PeerKey(q.self)
+	return kbucket.KthDistance(self, q.nearest(self, k), k)
+}
+
+// learnAddrs remembers the addresses of peers a response listed, briefly,
+// so the lookup can dial them.
+func (q *querier) learnAddrs(peers []peer.AddrInfo) {
+	ps := q.ps
+	for _, ai := range peers {
+		if len(ai.Addrs) > 0 && ai.ID != q.self {
+			ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		}
+	}
+}
+
+// request sends req to p and records the outcome.
+func (q *querier) request(ctx context.Context, p peer.ID, req *pb.Message) (resp *pb.Message, err error) {
+	start := time.Now()
+	defer func() { q.tel.observeOutbound(req.Type, start, err) }()
+	resp, err = q.msgr.request(ctx, p, req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Type != req.Type {
+		return nil, fmt.Errorf("kad: %s answered %s with %s", p, req.Type, resp.Type)
+	}
+	trimInbound(resp, q.maxAddrs)
+	return resp, nil
+}
+
+// findNode asks p for the peers closest to key.
+func (q *querier) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrInfo, error) {
+	resp, err := q.request(ctx, p, &pb.Message{Type: pb.FindNode, Key: key})
+	if err != nil {
+		return nil, err
+	}
+	closer := decodePeers(resp.CloserPeers, q.self, maxCloserPeersFactor*q.k)
+	q.learnAddrs(closer)
+	return closer, nil
+}
+
