@@ -218,4 +218,3 @@ func (q *querier) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.A
 	q.learnAddrs(closer)
 	return closer, nil
 }
-
