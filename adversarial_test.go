@@ -279,7 +279,7 @@ func TestAdversarialFlood(t *testing.T) {
 	// Then streams opened and left waiting, to use up the stream limits.
 	const streamsHeld = 100
 	perPeer := victim.cfg.limits.streamsPerPeer
-	rejectedBefore := victim.limiter.stats().rejectedStreams
+	rejectedBefore := victim.srv.limiter.stats().rejectedStreams
 	for range streamsHeld {
 		s, err := fh.NewStream(context.Background(), victim.self, amino)
 		require.NoError(t, err)
@@ -287,14 +287,14 @@ func TestAdversarialFlood(t *testing.T) {
 		_, _ = s.Write([]byte{0x80}) // half a length: an admitted handler waits
 	}
 	waitFor(t, 10*time.Second, "streams past the per-peer limit refused", func() bool {
-		st := victim.limiter.stats()
+		st := victim.srv.limiter.stats()
 		return st.open >= perPeer && st.rejectedStreams-rejectedBefore == int64(streamsHeld-perPeer)
 	})
 	_, err = honest.q.request(context.Background(), victim.self, &pb.Message{Type: pb.FindNode, Key: []byte("held")})
 	require.NoError(t, err, "the honest peer is served while the attacker holds its streams")
 
 	heapAfter := heap()
-	st := victim.limiter.stats()
+	st := victim.srv.limiter.stats()
 	t.Logf("flood: %.0f requests/s sent for %v on %d concurrent streams: %d answered, %d refused by the rate limit",
 		rate, floodFor, workers, answered.Load(), refused.Load())
 	t.Logf("flood: then %d streams held open: %d admitted (%d open in all), %d refused; heap %.1f MiB before, %.1f MiB after; goroutines %d before, %d after",

@@ -89,8 +89,8 @@ type DHT struct {
 	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
 	verifySem  chan struct{} // bounds admission checks
 	lost       *lostPeers    // table peers to check after a disconnect
-	handlers   map[int32]handlerFunc
-	limiter    *inboundLimiter
+	srv        *server       // answers requests
+	entries    *peerEntries  // peers as wire entries
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
@@ -198,8 +198,6 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		own: own, msgr: env.msgr, ps: env.ps, filter: d.filter,
 		nearest: d.rt.nearest, onAnswer: d.admit, onFailure: d.noteFailure,
 	}
-	d.handlers = d.coreHandlers()
-	d.limiter = newInboundLimiter(cfg.limits)
 	tel, err := newTelemetry(cfg.telemetry.meterProvider, cfg.telemetry.tracerProvider, d.rt.Size)
 	if err != nil {
 		cancel()
@@ -207,6 +205,8 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	}
 	d.tel = tel
 	d.q.tel = tel
+	d.entries = &peerEntries{self: d.self, maxAddrs: cfg.limits.maxAddrsPerPeer, ps: env.ps, selfAddrs: env.selfAddrs, msgr: env.msgr}
+	d.srv = newServer(d.self, &cfg, own, d.log, tel, d.entries, d.rt.nearest, d.rt.seen)
 	if err := d.initExt(); err != nil {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())

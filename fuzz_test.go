@@ -139,7 +139,7 @@ func fuzzServe(f *testing.F, typ pb.MessageType) {
 		writes := n.ds.writes.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		resp, err := d.serve(ctx, n.from, &req)
+		resp, err := d.srv.serve(ctx, n.from, &req)
 		if err != nil {
 			require.Nil(t, resp)
 			require.Equal(t, writes, n.ds.writes.Load(), "a rejected request changed the store: %v", err)

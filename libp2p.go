@@ -62,7 +62,7 @@ func (d *DHT) setServing(on bool) {
 	switch {
 	case d.h == nil: // a simulated node: its network reads serving
 	case on:
-		d.h.SetStreamHandler(d.protocol, d.handleStream)
+		d.h.SetStreamHandler(d.protocol, d.srv.handleStream)
 	default:
 		d.h.RemoveStreamHandler(d.protocol)
 	}

@@ -159,11 +159,11 @@ func (l *inboundLimiter) stats() limiterStats {
 // admitStream applies the stream limits to a new inbound stream and
 // charges it to the kad service of the host's resource manager. It
 // returns the release to call when the stream ends.
-func (d *DHT) admitStream(s network.Stream, from peer.ID) (release func(), err error) {
-	if err := d.limiter.openStream(from, time.Now()); err != nil {
+func (srv *server) admitStream(s network.Stream, from peer.ID) (release func(), err error) {
+	if err := srv.limiter.openStream(from, time.Now()); err != nil {
 		return nil, err
 	}
-	release = func() { d.limiter.closeStream(from) }
+	release = func() { srv.limiter.closeStream(from) }
 	if err := s.Scope().SetService(ServiceName); err != nil {
 		release()
 		return nil, fmt.Errorf("kad: resource manager: %w", err)
@@ -182,9 +182,9 @@ func reserveReadBuffer(s network.Stream) func(n int) error {
 
 // checkRequest applies the limits every request is held to, whatever its
 // type, before any handler runs.
-func (d *DHT) checkRequest(req *pb.Message) error {
-	if n := len(req.Key); n > d.cfg.limits.maxKeySize {
-		return fmt.Errorf("%w: key of %d bytes over the %d-byte limit", errBadRequest, n, d.cfg.limits.maxKeySize)
+func (s *server) checkRequest(req *pb.Message) error {
+	if n := len(req.Key); n > s.limits.maxKeySize {
+		return fmt.Errorf("%w: key of %d bytes over the %d-byte limit", errBadRequest, n, s.limits.maxKeySize)
 	}
 	return nil
 }
@@ -192,15 +192,15 @@ func (d *DHT) checkRequest(req *pb.Message) error {
 // trimResponse keeps an answer within the response limits, whatever the
 // handler put in it: at most k closer peers, MaxProvidersPerResponse
 // providers and MaxAddrsPerPeer addresses per entry.
-func (d *DHT) trimResponse(m *pb.Message) {
-	if len(m.CloserPeers) > d.cfg.table.bucketSize+1 {
+func (s *server) trimResponse(m *pb.Message) {
+	if len(m.CloserPeers) > s.k+1 {
 		// k plus the exact target of a FIND_NODE.
-		m.CloserPeers = m.CloserPeers[:d.cfg.table.bucketSize+1]
+		m.CloserPeers = m.CloserPeers[:s.k+1]
 	}
-	if len(m.ProviderPeers) > d.cfg.limits.provsPerResp {
-		m.ProviderPeers = m.ProviderPeers[:d.cfg.limits.provsPerResp]
+	if len(m.ProviderPeers) > s.limits.provsPerResp {
+		m.ProviderPeers = m.ProviderPeers[:s.limits.provsPerResp]
 	}
-	trimAddrs(m, d.cfg.limits.maxAddrsPerPeer)
+	trimAddrs(m, s.limits.maxAddrsPerPeer)
 }
 
 // maxPeersInbound bounds the entries kept from one inbound response: more

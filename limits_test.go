@@ -148,9 +148,9 @@ func TestInboundStreamLimits(t *testing.T) {
 	require.NoError(t, b2.writeBytes(frame(find.Marshal(nil))))
 	require.NoError(t, b2.resetWithin(5*time.Second), "fourth stream in total")
 	require.NoError(t, a1.s.Close())
-	waitFor(t, 5*time.Second, "slot released", func() bool { return srv.limiter.stats().open == 2 })
+	waitFor(t, 5*time.Second, "slot released", func() bool { return srv.srv.limiter.stats().open == 2 })
 	held(openRaw(t, b, srv.self))
-	require.EqualValues(t, 2, srv.limiter.stats().rejectedStreams)
+	require.EqualValues(t, 2, srv.srv.limiter.stats().rejectedStreams)
 }
 
 // A peer over its request rate gets resets, on its stream and on fresh
@@ -185,7 +185,7 @@ func TestPeerRequestRate(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // at 5/s, at least one token back
 	_, err = openRaw(t, greedy, srv.self).ask(find)
 	require.NoError(t, err)
-	require.GreaterOrEqual(t, srv.limiter.stats().rejectedRequests, int64(2))
+	require.GreaterOrEqual(t, srv.srv.limiter.stats().rejectedRequests, int64(2))
 }
 
 // An inbound stream that carries no request for IdleStreamTimeout is
@@ -219,7 +219,7 @@ func TestIdleInboundStreamReset(t *testing.T) {
 	elapsed := time.Since(start)
 	require.GreaterOrEqual(t, elapsed, idle-50*time.Millisecond)
 	t.Logf("idle stream reset after %v (timeout %v)", elapsed.Round(time.Millisecond), idle)
-	waitFor(t, 5*time.Second, "handlers returned", func() bool { return srv.limiter.stats().open == 0 })
+	waitFor(t, 5*time.Second, "handlers returned", func() bool { return srv.srv.limiter.stats().open == 0 })
 }
 
 // A lookup whose caller set no deadline still ends at LookupTimeout when

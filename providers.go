@@ -98,8 +98,8 @@ func (d *DHT) initProviders() error {
 		d.ext.providers.builtin = s
 		d.ext.providers.store = builtinProviders{s}
 	}
-	d.handlers[int32(pb.AddProvider)] = d.handleAddProvider
-	d.handlers[int32(pb.GetProviders)] = d.handleGetProviders
+	d.srv.handle(pb.AddProvider, d.handleAddProvider)
+	d.srv.handle(pb.GetProviders, d.handleGetProviders)
 	return nil
 }
 
@@ -415,8 +415,8 @@ func (d *DHT) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Mess
 		case len(addrs) == 0:
 			addrs = d.ps.Addrs(ai.ID)
 		}
-		resp.ProviderPeers = append(resp.ProviderPeers, d.encodePeer(ai.ID, addrs))
+		resp.ProviderPeers = append(resp.ProviderPeers, d.entries.encode(ai.ID, addrs))
 	}
-	resp.CloserPeers = d.closerPeers(req.Key, from)
+	resp.CloserPeers = d.srv.closerPeers(req.Key, from)
 	return resp, nil
 }

@@ -126,7 +126,7 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 
 // addProviderMsg announces us, at addrs, as a provider of key.
 func (d *DHT) addProviderMsg(key []byte, addrs []ma.Multiaddr) *pb.Message {
-	return &pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{d.encodePeer(d.self, addrs)}}
+	return &pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{d.entries.encode(d.self, addrs)}}
 }
 
 // run drives the lookup, sends to its final k closest and waits for every

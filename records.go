@@ -92,8 +92,8 @@ func (d *DHT) initValues() error {
 		validator: vc.buildValidator(d.cfg.node.prefix, d.ps),
 		store:     records.New(d.ext.ds, vc.maxRecordAge, time.Now),
 	}
-	d.handlers[int32(pb.PutValue)] = d.handlePutValue
-	d.handlers[int32(pb.GetValue)] = d.handleGetValue
+	d.srv.handle(pb.PutValue, d.handlePutValue)
+	d.srv.handle(pb.GetValue, d.handleGetValue)
 	return nil
 }
 
@@ -215,7 +215,7 @@ func (d *DHT) handleGetValue(ctx context.Context, from peer.ID, req *pb.Message)
 	if ok {
 		resp.Record = &pb.Record{Key: r.Key, Value: r.Value, TimeReceived: r.TimeReceived()}
 	}
-	resp.CloserPeers = d.closerPeers(req.Key, from)
+	resp.CloserPeers = d.srv.closerPeers(req.Key, from)
 	return resp, nil
 }
 

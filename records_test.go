@@ -327,11 +327,11 @@ func newValuePair(t *testing.T, opts ...Option) *valuePair {
 		t.Cleanup(func() { _ = (*d).Close() })
 	}
 	for typ, n := range map[pb.MessageType]*atomic.Int64{pb.PutValue: &vp.puts, pb.GetValue: &vp.gets} {
-		inner, ok := vp.b.handlers[int32(typ)]
+		inner, ok := vp.b.srv.handlers[int32(typ)]
 		if !ok {
 			continue
 		}
-		vp.b.handlers[int32(typ)] = func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+		vp.b.srv.handlers[int32(typ)] = func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
 			n.Add(1)
 			return inner(ctx, from, req)
 		}

@@ -42,7 +42,7 @@ func (d *DHT) saveTable(ctx context.Context) error {
 		if len(addrs) == 0 {
 			continue
 		}
-		e := d.encodePeer(p, addrs)
+		e := d.entries.encode(p, addrs)
 		k := rtKey(p)
 		keep[k] = true
 		if err := b.Put(ctx, k, (&pb.Message{CloserPeers: []pb.Peer{e}}).Marshal(nil)); err != nil {
