@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/routing"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kadlib/kad/internal/kbucket"
 )
@@ -54,26 +55,33 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	return refreshErr
 }
 
-// connectBootstrapPeers dials every bootstrap peer in parallel and admits
-// those that answer.
+// bootstrapDials bounds the bootstrap peers dialled at once: more than
+// any usual bootstrap list holds, so those are all dialled together, while
+// a long list does not start a probe per entry at once.
+const bootstrapDials = 16
+
+// connectBootstrapPeers dials the bootstrap peers in parallel and admits
+// those that answer. It fails only if none answered: the tasks report no
+// error to the group, which would not cancel the others anyway, and each
+// peer's error is kept for the report.
 func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
 	peers := d.cfg.table.bootstrapPeers
 	if len(peers) == 0 {
 		return nil
 	}
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(bootstrapDials)
 	errs := make([]error, len(peers))
 	for i, ai := range peers {
 		if ai.ID == d.self {
 			continue
 		}
-		wg.Add(1)
-		go func(i int, ai peer.AddrInfo) {
-			defer wg.Done()
+		g.Go(func() error {
 			errs[i] = d.addPeer(ctx, ai)
-		}(i, ai)
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // errors are in errs
 	ok := 0
 	for _, e := range errs {
 		if e == nil {
@@ -119,28 +127,29 @@ func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
 	d.rt.withTable(func(t *kbucket.Table) { maxCPL = t.MaxCPL() })
 	maxCPL = min(maxCPL, maxRefreshCPL)
 	var (
-		wg     sync.WaitGroup
 		mu     sync.Mutex
 		errs   []error
 		failed int
 	)
-	sem := make(chan struct{}, refreshLookups)
+	// A plain group: one failed lookup must not cancel the others, and the
+	// errors are collected here, since the refresh fails only if every
+	// bucket's lookup did.
+	var g errgroup.Group
+	g.SetLimit(refreshLookups)
 	for cpl := 0; cpl <= maxCPL; cpl++ {
 		if onlyStale && !d.bucketStale(cpl) {
 			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
 		}
 		if ctx.Err() != nil {
 			break
 		}
 		target := d.randomKeyInBucket(selfKey, cpl)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
+			// Go may have waited for a slot while ctx ended: the ctx
+			// error below covers this bucket.
+			if ctx.Err() != nil {
+				return nil
+			}
 			_, err := d.GetClosestPeers(ctx, target)
 			if err != nil && !errors.Is(err, ErrNoPeers) {
 				mu.Lock()
@@ -148,9 +157,10 @@ func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
 				failed++
 				mu.Unlock()
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // errors are in errs
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("kad: refresh: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
 
 	"github.com/kadlib/kad/internal/pb"
 )
@@ -21,16 +22,22 @@ const ServiceName = "libp2p.kad"
 var errLimited = errors.New("kad: over limit")
 
 // inboundLimiter enforces the bounds on inbound streams, per peer and in
-// total, and each peer's request rate (a token bucket). It reads no clock:
-// callers pass now. Safe for concurrent use.
+// total, and each peer's request rate (a token bucket, x/time/rate's). It
+// reads no clock: callers pass now. Safe for concurrent use.
 type inboundLimiter struct {
 	maxTotal, maxPerPeer int
-	rate, burst          float64 // rate 0: no request limit
+	rate                 rate.Limit // 0: no request limit
+	burst                int
 
 	mu      sync.Mutex
 	total   int
 	peers   map[peer.ID]*peerLimit
 	pruneAt int // prune refilled entries once the map reaches this size
+	// latest is the latest now seen. Callers read the clock before taking
+	// mu, so their times can arrive slightly out of order; a rate.Limiter
+	// given an earlier time than its last moves its clock back and would
+	// credit the same interval twice, so buckets are driven by latest.
+	latest time.Time
 
 	rejectedStreams, rejectedRequests int64
 }
@@ -38,8 +45,7 @@ type inboundLimiter struct {
 // peerLimit is one peer's open streams and request bucket.
 type peerLimit struct {
 	streams int
-	tokens  float64
-	at      time.Time // when tokens was last brought up to date
+	bucket  *rate.Limiter // nil when there is no request limit
 }
 
 // minPrune is the map size below which refilled entries are not pruned.
@@ -49,11 +55,21 @@ func newInboundLimiter(c limitsConfig) *inboundLimiter {
 	return &inboundLimiter{
 		maxTotal:   c.streamsTotal,
 		maxPerPeer: c.streamsPerPeer,
-		rate:       c.peerRate,
-		burst:      float64(c.peerBurst),
+		rate:       rate.Limit(c.peerRate),
+		burst:      c.peerBurst,
 		peers:      make(map[peer.ID]*peerLimit),
 		pruneAt:    minPrune,
 	}
+}
+
+// clock returns now, or the latest time seen if now is earlier. Called
+// with mu held.
+func (l *inboundLimiter) clock(now time.Time) time.Time {
+	if now.Before(l.latest) {
+		return l.latest
+	}
+	l.latest = now
+	return now
 }
 
 // entry returns p's state, creating it with a full bucket.
@@ -64,18 +80,13 @@ func (l *inboundLimiter) entry(p peer.ID, now time.Time) *peerLimit {
 			l.prune(now)
 			l.pruneAt = max(2*len(l.peers), minPrune)
 		}
-		e = &peerLimit{tokens: l.burst, at: now}
+		e = &peerLimit{}
+		if l.rate > 0 {
+			e.bucket = rate.NewLimiter(l.rate, l.burst)
+		}
 		l.peers[p] = e
 	}
 	return e
-}
-
-// refill brings e's bucket up to now.
-func (l *inboundLimiter) refill(e *peerLimit, now time.Time) {
-	if dt := now.Sub(e.at); dt > 0 {
-		e.tokens = min(l.burst, e.tokens+dt.Seconds()*l.rate)
-		e.at = now
-	}
 }
 
 // prune forgets peers with no open stream whose bucket has refilled: a
@@ -86,11 +97,8 @@ func (l *inboundLimiter) prune(now time.Time) {
 		if e.streams > 0 {
 			continue
 		}
-		if l.rate > 0 {
-			l.refill(e, now)
-			if e.tokens < l.burst {
-				continue
-			}
+		if e.bucket != nil && e.bucket.TokensAt(now) < float64(l.burst) {
+			continue
 		}
 		delete(l.peers, p)
 	}
@@ -102,6 +110,7 @@ func (l *inboundLimiter) prune(now time.Time) {
 func (l *inboundLimiter) openStream(p peer.ID, now time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now = l.clock(now)
 	if l.total >= l.maxTotal {
 		l.rejectedStreams++
 		return fmt.Errorf("%w: %d inbound streams open", errLimited, l.total)
@@ -134,13 +143,11 @@ func (l *inboundLimiter) allow(p peer.ID, now time.Time) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := l.entry(p, now)
-	l.refill(e, now)
-	if e.tokens < 1 {
+	now = l.clock(now)
+	if !l.entry(p, now).bucket.AllowN(now, 1) {
 		l.rejectedRequests++
-		return fmt.Errorf("%w: request rate of %g/s exceeded", errLimited, l.rate)
+		return fmt.Errorf("%w: request rate of %g/s exceeded", errLimited, float64(l.rate))
 	}
-	e.tokens--
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -89,6 +90,21 @@ func TestInboundLimiterRate(t *testing.T) {
 	require.ErrorIs(t, l.allow(a, now), errLimited, "the bucket holds at most burst")
 }
 
+// Callers read the clock before the limiter's lock, so times can arrive
+// out of order: an earlier time counts as the latest one seen, and no
+// interval is credited twice.
+func TestInboundLimiterTimesOutOfOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	a := seededPeer(r)
+	l := newInboundLimiter(limitsConfig{streamsTotal: 100, streamsPerPeer: 10, peerRate: 1, peerBurst: 2})
+	t0 := time.Unix(0, 0)
+	require.NoError(t, l.allow(a, t0))                                        // 1 left
+	require.NoError(t, l.allow(a, t0.Add(time.Second)))                       // 1+1-1
+	require.NoError(t, l.allow(a, t0.Add(500*time.Millisecond)))              // late caller: 0 left at t0+1s
+	require.ErrorIs(t, l.allow(a, t0.Add(1500*time.Millisecond)), errLimited) // half a token
+	require.NoError(t, l.allow(a, t0.Add(2*time.Second)))
+}
+
 // Peers with an empty bucket are remembered after their streams close (or
 // a new stream would get around the limit); refilled ones are forgotten,
 // so the map stays bounded by the peers of the last few seconds.
@@ -155,8 +171,13 @@ func TestInboundStreamLimits(t *testing.T) {
 
 // A peer over its request rate gets resets, on its stream and on fresh
 // ones, while other peers are served; once its bucket refills it is
-// served again.
+// served again. It runs in a synctest bubble, so the refill takes no real
+// time: the handler's time.Now is the bubble's clock.
 func TestPeerRequestRate(t *testing.T) {
+	synctest.Test(t, testPeerRequestRate)
+}
+
+func testPeerRequestRate(t *testing.T) {
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
 	h, err := mn.GenPeer()
@@ -182,7 +203,7 @@ func TestPeerRequestRate(t *testing.T) {
 	require.NoError(t, fresh.resetWithin(5*time.Second), "a fresh stream gets no fresh bucket")
 	_, err = openRaw(t, other, srv.self).ask(find)
 	require.NoError(t, err, "other peers are served")
-	time.Sleep(300 * time.Millisecond) // at 5/s, at least one token back
+	time.Sleep(300 * time.Millisecond) // at 5/s, at least one token back (virtual time)
 	_, err = openRaw(t, greedy, srv.self).ask(find)
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, srv.srv.limiter.stats().rejectedRequests, int64(2))

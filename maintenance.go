@@ -2,10 +2,10 @@ package kad
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kadlib/kad/internal/kbucket"
 )
@@ -13,7 +13,7 @@ import (
 // maintainConcurrency bounds the liveness checks run at once.
 const maintainConcurrency = 8
 
-// maintain is the table's background upkeep, owned by d.wg: every refresh
+// maintain is the table's background upkeep, an owned goroutine: every refresh
 // interval it checks peers not heard from lately, runs a self-lookup and
 // looks up a random key in each bucket not looked up recently; every
 // lowWaterCheck it re-bootstraps if the table has shrunk below the low
@@ -116,23 +116,21 @@ func (d *DHT) checkLiveness(ctx context.Context, cutoff time.Time) {
 			}
 		}
 	})
-	sem := make(chan struct{}, maintainConcurrency)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(maintainConcurrency)
 	for _, p := range stale {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return
+		if ctx.Err() != nil {
+			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d.checkPeer(ctx, p)
-		}()
+		g.Go(func() error {
+			// Go may have waited for a slot while ctx ended.
+			if ctx.Err() == nil {
+				d.checkPeer(ctx, p)
+			}
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // no task returns an error
 }
 
 // checkPeer probes p: an answer refreshes it, silence evicts it.

@@ -11,6 +11,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
@@ -176,8 +177,8 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 		d:     d,
 		addrs: addrs,
 		known: newKnownPeers(d.rt.ListPeers()),
-		sem:   make(chan struct{}, provideManySends),
 	}
+	w.sends.SetLimit(provideManySends)
 	// The sorted keys are cut into contiguous runs walked at once, each
 	// run region by region: a run boundary may split a region (one extra
 	// lookup per run at most), but the lookups overlap instead of queueing.
@@ -198,7 +199,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 		}
 	}
 	walkers.Wait()
-	w.sends.Wait()
+	_ = w.sends.Wait() // no send returns an error
 	rep.add(w.rep)
 	reached, lookupErr := w.reached, w.lookupErr
 	d.log.Debug("provide many", "keys", rep.Keys, "lookups", rep.Lookups, "messages", rep.Messages, "streams", rep.Streams, "missed", rep.KeysMissed)
@@ -222,8 +223,9 @@ type provideWalk struct {
 	d     *DHT
 	addrs []ma.Multiaddr
 	known *knownPeers
-	sem   chan struct{} // bounds the batch sends in flight
-	sends sync.WaitGroup
+	// sends runs the batch sends, provideManySends at a time. A plain
+	// group: a failed send cancels nothing; each is counted in rep.
+	sends errgroup.Group
 
 	mu        sync.Mutex
 	rep       ProvideReport // Lookups, Messages, Streams, KeysMissed
@@ -286,18 +288,19 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 		for _, p := range region {
 			for start := 0; start < len(msgs); start += provideManyPerStream {
 				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
-				select {
-				case w.sem <- struct{}{}:
-				case <-ctx.Done():
+				if ctx.Err() != nil {
 					return
 				}
-				w.mu.Lock()
-				w.rep.Streams++
-				w.mu.Unlock()
-				w.sends.Add(1)
-				started := d.own.spawn(func() {
-					defer w.sends.Done()
-					defer func() { <-w.sem }()
+				w.sends.Go(func() error {
+					// Close waits for the send too; Go may have waited
+					// for a slot while ctx ended or Close began.
+					if ctx.Err() != nil || !d.own.enter() {
+						return nil
+					}
+					defer d.own.leave()
+					w.mu.Lock()
+					w.rep.Streams++
+					w.mu.Unlock()
 					n, err := d.q.sendOneWay(ctx, p, chunk, nil)
 					w.mu.Lock()
 					w.rep.Messages += n
@@ -308,12 +311,8 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 					if err != nil {
 						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
 					}
+					return nil
 				})
-				if !started { // closing
-					w.sends.Done()
-					<-w.sem
-					return
-				}
 			}
 		}
 	}

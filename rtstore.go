@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/multiformats/go-base32"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kadlib/kad/internal/pb"
 )
@@ -100,29 +100,28 @@ func (d *DHT) loadTable() {
 	if len(peers) == 0 {
 		return
 	}
-	sem := make(chan struct{}, maintainConcurrency)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(maintainConcurrency)
 	for _, ai := range peers {
 		if len(ai.Addrs) == 0 {
 			continue
 		}
-		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
-		select {
-		case sem <- struct{}{}:
-		case <-d.ctx.Done():
-			wg.Wait()
-			return
+		if d.ctx.Err() != nil {
+			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		g.Go(func() error {
+			// Go may have waited for a slot while the DHT closed.
+			if d.ctx.Err() != nil {
+				return nil
+			}
 			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.node.requestTimeout)
 			defer cancel()
 			if err := d.addPeer(ctx, ai); err != nil && !errors.Is(err, context.Canceled) {
 				d.log.Debug("saved peer unreachable", "peer", ai.ID, "err", err)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // no task returns an error
 }

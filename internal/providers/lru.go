@@ -1,8 +1,7 @@
 package providers
 
 import (
-	"container/list"
-
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -12,59 +11,52 @@ type keySet map[peer.ID]*record
 
 // lru keeps the provider sets of the most recently used keys, so a hot
 // key is answered without a datastore query. Entries are complete sets:
-// a key is either fully cached or not cached at all.
+// a key is either fully cached or not cached at all. It is
+// hashicorp/golang-lru's simplelru, which does not lock: the Store
+// serializes every call.
 type lru struct {
-	cap   int
-	order *list.List // of *lruEntry, most recent first
-	index map[string]*list.Element
-}
-
-type lruEntry struct {
-	key string // the encoded key, as in the datastore key
-	set keySet
+	c *simplelru.LRU[string, keySet] // nil: caching is off
 }
 
 func newLRU(capacity int) *lru {
-	return &lru{cap: capacity, order: list.New(), index: make(map[string]*list.Element)}
+	if capacity <= 0 {
+		return &lru{}
+	}
+	c, err := simplelru.NewLRU[string, keySet](capacity, nil)
+	if err != nil {
+		panic(err) // only for a size <= 0
+	}
+	return &lru{c: c}
 }
 
 // get returns the cached set of key and marks it recently used.
 func (c *lru) get(key string) (keySet, bool) {
-	el, ok := c.index[key]
-	if !ok {
+	if c.c == nil {
 		return nil, false
 	}
-	c.order.MoveToFront(el)
-	return el.Value.(*lruEntry).set, true
+	return c.c.Get(key)
 }
 
 // peek returns the cached set of key without changing its recency, for
 // maintenance that should not keep a cold key cached.
 func (c *lru) peek(key string) (keySet, bool) {
-	el, ok := c.index[key]
-	if !ok {
+	if c.c == nil {
 		return nil, false
 	}
-	return el.Value.(*lruEntry).set, true
+	return c.c.Peek(key)
 }
 
 // put caches set as key's, evicting the least recently used key when full.
 func (c *lru) put(key string, set keySet) {
-	if c.cap <= 0 {
-		return
-	}
-	if el, ok := c.index[key]; ok {
-		el.Value.(*lruEntry).set = set
-		c.order.MoveToFront(el)
-		return
-	}
-	c.index[key] = c.order.PushFront(&lruEntry{key: key, set: set})
-	for c.order.Len() > c.cap {
-		old := c.order.Back()
-		c.order.Remove(old)
-		delete(c.index, old.Value.(*lruEntry).key)
+	if c.c != nil {
+		c.c.Add(key, set)
 	}
 }
 
 // len is the number of cached keys.
-func (c *lru) len() int { return c.order.Len() }
+func (c *lru) len() int {
+	if c.c == nil {
+		return 0
+	}
+	return c.c.Len()
+}
