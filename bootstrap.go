@@ -32,7 +32,12 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	if d.own.isClosed() {
 		return ErrClosed
 	}
-	if err := d.connectBootstrapPeers(ctx); err != nil && d.rt.Size() == 0 {
+	return d.keeper.bootstrap(ctx)
+}
+
+// bootstrap is Bootstrap's work.
+func (tk *keeper) bootstrap(ctx context.Context) error {
+	if err := tk.connectBootstrapPeers(ctx); err != nil && tk.rt.Size() == 0 {
 		return err
 	}
 	// The self lookup fills the buckets near us and shows how deep the
@@ -42,14 +47,14 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		refreshErr = d.refreshBuckets(ctx, false)
+		refreshErr = tk.refreshBuckets(ctx, false)
 	}()
-	_, selfErr := d.GetClosestPeers(ctx, string(d.self))
+	_, selfErr := tk.q.closestPeers(ctx, []byte(tk.self))
 	<-done
 	if selfErr != nil {
 		return fmt.Errorf("kad: bootstrap: self lookup: %w", selfErr)
 	}
-	if err := d.refreshBuckets(ctx, true); err != nil {
+	if err := tk.refreshBuckets(ctx, true); err != nil {
 		return err
 	}
 	return refreshErr
@@ -60,12 +65,17 @@ func (d *DHT) Bootstrap(ctx context.Context) (err error) {
 // a long list does not start a probe per entry at once.
 const bootstrapDials = 16
 
+// refreshLookups is how many bucket refresh lookups run at once: a joining
+// node's buckets fill in the time of a few lookups rather than one per
+// bucket, while the load it puts on the network stays bounded.
+const refreshLookups = 8
+
 // connectBootstrapPeers dials the bootstrap peers in parallel and admits
 // those that answer. It fails only if none answered: the tasks report no
 // error to the group, which would not cancel the others anyway, and each
 // peer's error is kept for the report.
-func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
-	peers := d.cfg.table.bootstrapPeers
+func (tk *keeper) connectBootstrapPeers(ctx context.Context) error {
+	peers := tk.cfg.bootstrapPeers
 	if len(peers) == 0 {
 		return nil
 	}
@@ -73,11 +83,11 @@ func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
 	g.SetLimit(bootstrapDials)
 	errs := make([]error, len(peers))
 	for i, ai := range peers {
-		if ai.ID == d.self {
+		if ai.ID == tk.self {
 			continue
 		}
 		g.Go(func() error {
-			errs[i] = d.addPeer(ctx, ai)
+			errs[i] = tk.addPeer(ctx, ai)
 			return nil
 		})
 	}
@@ -96,35 +106,30 @@ func (d *DHT) connectBootstrapPeers(ctx context.Context) error {
 
 // addPeer connects to ai and admits it once it answers a FIND_NODE. The
 // probe dials ai itself: host.Connect would also wait for identify.
-func (d *DHT) addPeer(ctx context.Context, ai peer.AddrInfo) error {
-	if !d.filter.queryable(ai) {
+func (tk *keeper) addPeer(ctx context.Context, ai peer.AddrInfo) error {
+	if !tk.filter.queryable(ai) {
 		return fmt.Errorf("peer %s: %w", ai.ID, errFiltered)
 	}
 	if len(ai.Addrs) > 0 {
-		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		tk.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 	}
-	if err := d.probe(ctx, ai.ID); err != nil {
+	if err := tk.probe(ctx, ai.ID); err != nil {
 		return fmt.Errorf("probe %s: %w", ai.ID, err)
 	}
-	d.admit(ai.ID)
-	if !d.rt.Find(ai.ID) && !d.filter.admissible(ai.ID) {
+	tk.admit(ai.ID)
+	if !tk.rt.Find(ai.ID) && !tk.filter.admissible(ai.ID) {
 		return fmt.Errorf("peer %s: %w", ai.ID, errFiltered)
 	}
 	return nil
 }
 
-// refreshLookups is how many bucket refresh lookups run at once: a joining
-// node's buckets fill in the time of a few lookups rather than one per
-// bucket, while the load it puts on the network stays bounded.
-const refreshLookups = 8
-
 // refreshBuckets looks up a random key in each bucket up to the deepest
 // non-empty one (bounded), refreshLookups lookups at a time. With
 // onlyStale it skips buckets looked up within the refresh interval.
-func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
+func (tk *keeper) refreshBuckets(ctx context.Context, onlyStale bool) error {
 	var maxCPL int
-	selfKey := kbucket.PeerKey(d.self)
-	d.rt.withTable(func(t *kbucket.Table) { maxCPL = t.MaxCPL() })
+	selfKey := kbucket.PeerKey(tk.self)
+	tk.rt.withTable(func(t *kbucket.Table) { maxCPL = t.MaxCPL() })
 	maxCPL = min(maxCPL, maxRefreshCPL)
 	var (
 		mu     sync.Mutex
@@ -137,20 +142,20 @@ func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
 	var g errgroup.Group
 	g.SetLimit(refreshLookups)
 	for cpl := 0; cpl <= maxCPL; cpl++ {
-		if onlyStale && !d.bucketStale(cpl) {
+		if onlyStale && !tk.bucketStale(cpl) {
 			continue
 		}
 		if ctx.Err() != nil {
 			break
 		}
-		target := d.randomKeyInBucket(selfKey, cpl)
+		target := tk.randomKeyInBucket(selfKey, cpl)
 		g.Go(func() error {
 			// Go may have waited for a slot while ctx ended: the ctx
 			// error below covers this bucket.
 			if ctx.Err() != nil {
 				return nil
 			}
-			_, err := d.GetClosestPeers(ctx, target)
+			_, err := tk.q.closestPeers(ctx, []byte(target))
 			if err != nil && !errors.Is(err, ErrNoPeers) {
 				mu.Lock()
 				errs = append(errs, err)
@@ -174,23 +179,23 @@ func (d *DHT) refreshBuckets(ctx context.Context, onlyStale bool) error {
 // bucket cpl. Servers hash the key, so it must be a preimage: a random
 // peer id found by a search of about 2^(cpl+1) hashes, bounded; past the
 // bound a random key anywhere is used, which still explores the network.
-func (d *DHT) randomKeyInBucket(self kbucket.ID, cpl int) string {
-	d.rngMu.Lock()
-	defer d.rngMu.Unlock()
-	if p, ok := kbucket.RandomPeerIDWithCPL(self, cpl, d.rng, 1<<(maxRefreshCPL+4)); ok {
+func (tk *keeper) randomKeyInBucket(self kbucket.ID, cpl int) string {
+	tk.rngMu.Lock()
+	defer tk.rngMu.Unlock()
+	if p, ok := kbucket.RandomPeerIDWithCPL(self, cpl, tk.rng, 1<<(maxRefreshCPL+4)); ok {
 		return string(p)
 	}
 	var b [32]byte
 	for i := range b {
-		b[i] = byte(d.rng.Uint32())
+		b[i] = byte(tk.rng.Uint32())
 	}
 	return string(b[:])
 }
 
 // bucketStale reports whether bucket cpl was not looked up within the
 // refresh interval.
-func (d *DHT) bucketStale(cpl int) bool {
+func (tk *keeper) bucketStale(cpl int) bool {
 	var last time.Time
-	d.rt.withTable(func(t *kbucket.Table) { last = t.LastRefreshed(cpl) })
-	return time.Since(last) >= d.refreshInterval()
+	tk.rt.withTable(func(t *kbucket.Table) { last = t.LastRefreshed(cpl) })
+	return time.Since(last) >= tk.refreshInterval()
 }

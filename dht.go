@@ -54,8 +54,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
-
-	"github.com/kadlib/kad/internal/kbucket"
 )
 
 // ErrClosed is returned by operations on a DHT after Close.
@@ -86,17 +84,13 @@ type DHT struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	verifying  sync.Map      // peer.ID -> struct{}: admission checks in flight
-	verifySem  chan struct{} // bounds admission checks
-	lost       *lostPeers    // table peers to check after a disconnect
-	srv        *server       // answers requests
-	entries    *peerEntries  // peers as wire entries
+	keeper     *keeper      // keeps the routing table
+	srv        *server      // answers requests
+	entries    *peerEntries // peers as wire entries
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
 	tel        *telemetry
-	rngMu      sync.Mutex
-	rng        *rand.Rand
 
 	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
 	discoverRuns atomic.Int64  // discovery runs finished
@@ -180,15 +174,20 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		selfAddrs: env.selfAddrs,
 		ctx:       own.ctx,
 		own:       own,
-		verifySem: make(chan struct{}, 8),
-		lost:      newLostPeers(),
-		rng:       rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-
-		discoverKick: make(chan struct{}, 1),
 	}
 	d.filter = &addrFilter{accept: cfg.table.addrFilter, msgr: env.msgr, ps: env.ps}
+	d.entries = &peerEntries{self: d.self, maxAddrs: cfg.limits.maxAddrsPerPeer, ps: env.ps, selfAddrs: env.selfAddrs, msgr: env.msgr}
 	d.rt = newRoutingTable(d.self, cfg.table.bucketSize)
-	d.rt.onChange = d.peerChanged
+	tk := &keeper{
+		self: d.self, protocol: d.protocol, cfg: cfg.table, requestTimeout: cfg.node.requestTimeout,
+		rt: d.rt, own: own, log: d.log, msgr: env.msgr, ps: env.ps, filter: d.filter, entries: d.entries,
+		verifySem:    make(chan struct{}, 8),
+		lost:         newLostPeers(),
+		discoverKick: make(chan struct{}, 1),
+		rng:          rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	d.keeper = tk
+	d.rt.onChange = tk.peerChanged
 	if cfg.table.diversity != nil {
 		d.rt.div = newDiversity(*cfg.table.diversity)
 		d.rt.groupOf = func(p peer.ID) string { return ipGroup(env.ps.Addrs(p)) }
@@ -196,8 +195,9 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	d.q = &querier{
 		self: d.self, k: cfg.table.bucketSize, cfg: cfg.lookup, maxAddrs: cfg.limits.maxAddrsPerPeer,
 		own: own, msgr: env.msgr, ps: env.ps, filter: d.filter,
-		nearest: d.rt.nearest, onAnswer: d.admit, onFailure: d.noteFailure,
+		nearest: d.rt.nearest, onAnswer: tk.admit, onFailure: tk.noteFailure, touch: tk.touchBucket,
 	}
+	tk.q = d.q
 	tel, err := newTelemetry(cfg.telemetry.meterProvider, cfg.telemetry.tracerProvider, d.rt.Size)
 	if err != nil {
 		cancel()
@@ -205,15 +205,16 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	}
 	d.tel = tel
 	d.q.tel = tel
-	d.entries = &peerEntries{self: d.self, maxAddrs: cfg.limits.maxAddrsPerPeer, ps: env.ps, selfAddrs: env.selfAddrs, msgr: env.msgr}
+	tk.tel = tel
 	d.srv = newServer(d.self, &cfg, own, d.log, tel, d.entries, d.rt.nearest, d.rt.seen)
 	if err := d.initExt(); err != nil {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())
 	}
-	own.spawn(d.maintain)
+	tk.ds = d.ext.ds
+	own.spawn(d.keeper.maintain)
 	d.startExt()
-	own.spawn(d.loadTable)
+	own.spawn(d.keeper.loadTable)
 	return d, nil
 }
 
@@ -246,91 +247,9 @@ func (d *DHT) Close() error {
 		// Save the table for the next run, with a fresh, short context:
 		// the lifetime one is already cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		saveErr := d.saveTable(ctx)
+		saveErr := d.keeper.saveTable(ctx)
 		cancel()
 		d.closeErr = errors.Join(saveErr, d.closeExt(), d.tel.close())
 	})
 	return d.closeErr
-}
-
-// supportsDHT reports whether identify says p speaks our protocol.
-func (d *DHT) supportsDHT(p peer.ID) bool {
-	protos, err := d.ps.SupportsProtocols(p, d.protocol)
-	return err == nil && len(protos) > 0
-}
-
-// consider starts an admission check for p if it advertises the protocol
-// and is not in the table: p is admitted only once it answers a FIND_NODE
-// for its own id, so unresponsive servers cannot poison the table.
-func (d *DHT) consider(p peer.ID) {
-	if p == d.self || d.own.isClosed() || d.rt.Find(p) || !d.supportsDHT(p) || !d.filter.admissible(p) {
-		return
-	}
-	// A probe costs the peer a request: spend it only when the peer could
-	// take a bucket slot. Peers of full buckets still enter the table when
-	// they answer one of our lookups, and full buckets are kept live by
-	// the liveness checks.
-	if !d.rt.hasRoom(p) {
-		return
-	}
-	d.verify(p, func() {
-		if d.probe(d.ctx, p) == nil {
-			d.admit(p)
-		}
-	})
-}
-
-// verify runs check, a check of p, on a goroutine owned by the DHT, unless
-// p is being checked already or verifySem's checks are all running: the
-// peer will come up again.
-func (d *DHT) verify(p peer.ID, check func()) {
-	if _, busy := d.verifying.LoadOrStore(p, struct{}{}); busy {
-		return
-	}
-	select {
-	case d.verifySem <- struct{}{}:
-	default:
-		d.verifying.Delete(p)
-		return
-	}
-	release := func() { <-d.verifySem; d.verifying.Delete(p) }
-	if !d.own.spawn(func() {
-		defer release()
-		check()
-	}) {
-		release()
-	}
-}
-
-// probe asks p a FIND_NODE for its own id and checks it answers.
-func (d *DHT) probe(ctx context.Context, p peer.ID) error {
-	_, err := d.q.findNode(ctx, p, []byte(p))
-	return err
-}
-
-// peerChanged reports table changes to the application and metrics.
-func (d *DHT) peerChanged(p peer.ID, added bool) {
-	if added {
-		d.log.Debug("peer added", "peer", p)
-		if f := d.cfg.table.onPeerAdded; f != nil {
-			f(p)
-		}
-		d.kickDiscovery()
-		return
-	}
-	d.log.Debug("peer removed", "peer", p)
-	if f := d.cfg.table.onPeerRemoved; f != nil {
-		f(p)
-	}
-}
-
-// admit adds a peer that has proven to be a live server, if the address
-// filter lets it in.
-func (d *DHT) admit(p peer.ID) {
-	if p == d.self || d.own.isClosed() || !d.filter.admissible(p) {
-		return
-	}
-	if d.rt.add(p, time.Now()) == kbucket.Pending {
-		d.onBucketFull(p)
-	}
 }

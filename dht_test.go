@@ -63,7 +63,7 @@ func newTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 			// Joining is connecting to the bootstrap peers and a
 			// self-lookup; the bucket refreshes of Bootstrap would
 			// multiply setup time for little gain in a test network.
-			if err := d.connectBootstrapPeers(ctx); err != nil {
+			if err := d.keeper.connectBootstrapPeers(ctx); err != nil {
 				t.Errorf("join: %v", err)
 				return
 			}

@@ -23,15 +23,15 @@ const (
 // after the request and at least discoverGap after the previous run, and
 // requests made while one waits or runs are folded into the next. With
 // random walk off nothing ever reads the requests.
-func (d *DHT) kickDiscovery() {
-	if !d.cfg.table.randomWalk || d.cfg.table.testManualRefresh {
+func (tk *keeper) kickDiscovery() {
+	if !tk.cfg.randomWalk || tk.cfg.testManualRefresh {
 		return
 	}
-	if d.rt.Size() >= d.cfg.table.bucketSize && d.discoverRuns.Load() > 0 {
+	if tk.rt.Size() >= tk.cfg.bucketSize && tk.discoverRuns.Load() > 0 {
 		return
 	}
 	select {
-	case d.discoverKick <- struct{}{}:
+	case tk.discoverKick <- struct{}{}:
 	default: // a run is already asked for
 	}
 }
@@ -39,15 +39,15 @@ func (d *DHT) kickDiscovery() {
 // discover is one discovery run: the self lookup fills the buckets near
 // us and tells the rest of the network we are here; then each bucket not
 // looked up lately gets a random lookup.
-func (d *DHT) discover() {
+func (tk *keeper) discover() {
 	start := time.Now()
-	defer d.discoverRuns.Add(1)
-	if _, err := d.GetClosestPeers(d.ctx, string(d.self)); err != nil {
-		d.log.Debug("discovery: self lookup failed", "err", err)
+	defer tk.discoverRuns.Add(1)
+	if _, err := tk.q.closestPeers(tk.own.ctx, []byte(tk.self)); err != nil {
+		tk.log.Debug("discovery: self lookup failed", "err", err)
 		return
 	}
-	if err := d.refreshBuckets(d.ctx, true); err != nil {
-		d.log.Debug("discovery: bucket refresh failed", "err", err)
+	if err := tk.refreshBuckets(tk.own.ctx, true); err != nil {
+		tk.log.Debug("discovery: bucket refresh failed", "err", err)
 	}
-	d.log.Debug("discovery run done", "table", d.rt.Size(), "took", time.Since(start))
+	tk.log.Debug("discovery run done", "table", tk.rt.Size(), "took", time.Since(start))
 }

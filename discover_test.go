@@ -68,7 +68,7 @@ func TestDiscoveryNoRandomWalk(t *testing.T) {
 	// random walk off, and maintain, which would run it, has returned),
 	// so A and C learn nothing of each other and run no lookup.
 	for _, d := range []*DHT{a, b, c} {
-		require.Zero(t, len(d.discoverKick))
+		require.Zero(t, len(d.keeper.discoverKick))
 		require.Zero(t, d.Stats().Lookups)
 	}
 	require.False(t, a.RoutingTable().Find(c.self))

@@ -94,7 +94,7 @@ func TestDisjointPathsResistEclipse(t *testing.T) {
 		d := mx.honest[r.IntN(len(mx.honest))]
 		want := honestClosest(all, honest, key, k, d.self)
 		for _, dp := range []int{1, paths} {
-			d.cfg.lookup.disjointPaths = dp // safe: RandomWalk is off, only this goroutine runs lookups
+			d.q.cfg.disjointPaths = dp // safe: RandomWalk is off, only this goroutine runs lookups
 			before := d.Stats().LookupRequests
 			got, err := d.GetClosestPeers(ctx, key)
 			require.NoError(t, err)

@@ -114,7 +114,7 @@ func TestAddressFilterAdmissionAndLookups(t *testing.T) {
 			}
 			for _, name := range all {
 				h := fakes[name].h
-				err := d.addPeer(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
+				err := d.keeper.addPeer(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
 				if used[name] {
 					require.NoError(t, err, name)
 				} else {
@@ -132,7 +132,7 @@ func TestAddressFilterAdmissionAndLookups(t *testing.T) {
 			// Connected and identified, the refused peers are offered to
 			// the table once more.
 			for _, name := range all {
-				d.consider(fakes[name].h.ID())
+				d.keeper.consider(fakes[name].h.ID())
 			}
 			var gotNames []string
 			for _, name := range all {
@@ -145,7 +145,7 @@ func TestAddressFilterAdmissionAndLookups(t *testing.T) {
 				} else {
 					require.Zero(t, fakes[name].requests.Load(), "%s never asked", name)
 					require.False(t, d.rt.Find(id), "%s never in the table", name)
-					d.admit(id)
+					d.keeper.admit(id)
 					require.False(t, d.rt.Find(id), "%s refused by admit", name)
 				}
 			}

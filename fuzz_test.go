@@ -97,7 +97,7 @@ func newFuzzNode(f *testing.F) *fuzzNode {
 			addrs = append(addrs, ma.StringCast(fmt.Sprintf("/ip4/10.%d.0.%d/tcp/4001", i, j+1)))
 		}
 		h.Peerstore().AddAddrs(p, addrs, time.Hour)
-		d.admit(p)
+		d.keeper.admit(p)
 	}
 	return &fuzzNode{d: d, ds: store, from: fuzzFrom}
 }

@@ -172,7 +172,7 @@ func hostileQuerier(t *testing.T, tn *testNet, know []host.Host, opts ...Option)
 	t.Cleanup(func() { _ = q.Close() })
 	ctx := testCtx(t, 10*time.Second)
 	for _, k := range know {
-		require.NoError(t, q.addPeer(ctx, peer.AddrInfo{ID: k.ID(), Addrs: k.Addrs()}))
+		require.NoError(t, q.keeper.addPeer(ctx, peer.AddrInfo{ID: k.ID(), Addrs: k.Addrs()}))
 	}
 	return q
 }

@@ -77,9 +77,9 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	require.NoError(t, tn.mn.LinkAll())
 	unreachable := seededPeer(r)
 	for _, d := range tn.nodes[1:] {
-		require.NoError(t, d.addPeer(ctx, peer.AddrInfo{ID: hangHost.ID(), Addrs: hangHost.Addrs()}))
+		require.NoError(t, d.keeper.addPeer(ctx, peer.AddrInfo{ID: hangHost.ID(), Addrs: hangHost.Addrs()}))
 		d.h.Peerstore().AddAddrs(unreachable, []ma.Multiaddr{ma.StringCast("/ip4/10.0.0.1/tcp/1")}, peerstore.PermanentAddrTTL)
-		d.admit(unreachable)
+		d.keeper.admit(unreachable)
 	}
 	tn.kill(t, 0)
 
@@ -103,7 +103,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	// Failed dials, and writes whose sends to the hanging peer outlive
 	// the call.
 	d := tn.nodes[1]
-	require.Error(t, d.addPeer(ctx, peer.AddrInfo{ID: unreachable, Addrs: []ma.Multiaddr{ma.StringCast("/ip4/10.0.0.2/tcp/2")}}))
+	require.Error(t, d.keeper.addPeer(ctx, peer.AddrInfo{ID: unreachable, Addrs: []ma.Multiaddr{ma.StringCast("/ip4/10.0.0.2/tcp/2")}}))
 	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	_ = d.PutValue(pctx, "/test/leak", []byte("1:x"))
 	_ = d.Provide(pctx, provCID(t, r), true)

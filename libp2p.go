@@ -32,7 +32,7 @@ func (d *DHT) attachHost() error {
 	h.Network().Notify(d.notifiee())
 	// Peers already connected and identified are candidates too.
 	for _, p := range h.Network().Peers() {
-		d.consider(p)
+		d.keeper.consider(p)
 	}
 	return nil
 }
@@ -81,14 +81,14 @@ func (d *DHT) eventLoop(sub event.Subscription) {
 			}
 			switch e := ev.(type) {
 			case event.EvtPeerIdentificationCompleted:
-				d.consider(e.Peer)
+				d.keeper.consider(e.Peer)
 			case event.EvtPeerProtocolsUpdated:
 				for _, p := range e.Removed {
 					if p == d.protocol {
 						d.rt.remove(e.Peer)
 					}
 				}
-				d.consider(e.Peer)
+				d.keeper.consider(e.Peer)
 			case event.EvtLocalReachabilityChanged:
 				d.onReachability(e.Reachability)
 			}
@@ -110,7 +110,7 @@ func (d *DHT) notifiee() network.Notifiee {
 	d.notifyOnce.Do(func() {
 		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
 			p := c.RemotePeer()
-			d.peerDisconnected(n, p)
+			d.keeper.peerDisconnected(p)
 		}}
 	})
 	return d.notify

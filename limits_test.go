@@ -264,7 +264,7 @@ func TestLookupTimeoutWithoutDeadline(t *testing.T) {
 	for _, f := range hangs {
 		_, err := mn.ConnectPeers(d.self, f.h.ID())
 		require.NoError(t, err)
-		d.admit(f.h.ID()) // a table of peers that hang
+		d.keeper.admit(f.h.ID()) // a table of peers that hang
 	}
 	start := time.Now()
 	_, err = d.GetClosestPeers(context.Background(), "anything")

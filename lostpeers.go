@@ -4,7 +4,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -100,31 +99,31 @@ func (l *lostPeers) pop(now time.Time) (peer.ID, bool) {
 // peerDisconnected queues a check of p if it is a table peer and no
 // connection to it is left. It runs in the swarm's notification path, so
 // it must not block.
-func (d *DHT) peerDisconnected(n network.Network, p peer.ID) {
-	if d.own.isClosed() || n.Connectedness(p) == network.Connected || !d.rt.Find(p) {
+func (tk *keeper) peerDisconnected(p peer.ID) {
+	if tk.own.isClosed() || tk.msgr.connected(p) || !tk.rt.Find(p) {
 		return
 	}
-	if d.lost.push(p, time.Now()) && !d.own.spawn(d.checkLostPeers) {
-		d.lost.workerGone()
+	if tk.lost.push(p, time.Now()) && !tk.own.spawn(tk.checkLostPeers) {
+		tk.lost.workerGone()
 	}
 }
 
 // checkLostPeers is a worker that checks disconnected table peers until
 // the queue is empty or the DHT closes.
-func (d *DHT) checkLostPeers() {
+func (tk *keeper) checkLostPeers() {
 	for {
-		if d.ctx.Err() != nil {
-			d.lost.workerGone()
+		if tk.own.ctx.Err() != nil {
+			tk.lost.workerGone()
 			return
 		}
-		p, ok := d.lost.pop(time.Now())
+		p, ok := tk.lost.pop(time.Now())
 		if !ok {
 			return
 		}
 		// Reconnected meanwhile, or already gone: nothing to learn.
-		if d.msgr.connected(p) || !d.rt.Find(p) {
+		if tk.msgr.connected(p) || !tk.rt.Find(p) {
 			continue
 		}
-		d.checkPeer(d.ctx, p)
+		tk.checkPeer(tk.own.ctx, p)
 	}
 }

@@ -19,26 +19,26 @@ const maintainConcurrency = 8
 // lowWaterCheck it re-bootstraps if the table has shrunk below the low
 // water mark; and it runs the discovery runs asked for by kickDiscovery.
 // It does nothing at all when random walk is off.
-func (d *DHT) maintain() {
-	if !d.cfg.table.randomWalk {
+func (tk *keeper) maintain() {
+	if !tk.cfg.randomWalk {
 		return
 	}
-	refresh := time.NewTicker(d.cfg.table.refreshInterval)
+	refresh := time.NewTicker(tk.cfg.refreshInterval)
 	defer refresh.Stop()
 	ticks := refresh.C
-	if d.cfg.table.testManualRefresh {
+	if tk.cfg.testManualRefresh {
 		ticks = nil
 	}
-	low := time.NewTicker(d.lowWaterCheck())
+	low := time.NewTicker(tk.lowWaterCheck())
 	defer low.Stop()
 	// discoverAt fires discoverDelay after a discovery request; nil
 	// while none waits.
 	var discoverAt <-chan time.Time
 	var lastRun time.Time // end of the last discovery run
-	kicks := d.discoverKick
+	kicks := tk.discoverKick
 	for {
 		select {
-		case <-d.ctx.Done():
+		case <-tk.own.ctx.Done():
 			return
 		case <-kicks:
 			// Stop listening until the run: requests made meanwhile
@@ -51,16 +51,16 @@ func (d *DHT) maintain() {
 			discoverAt = time.After(wait)
 		case <-discoverAt:
 			discoverAt = nil
-			d.discover()
+			tk.discover()
 			lastRun = time.Now()
-			kicks = d.discoverKick
+			kicks = tk.discoverKick
 		case <-ticks:
-			d.refreshAndSave(d.ctx)
+			tk.refreshAndSave(tk.own.ctx)
 		case <-low.C:
-			if d.rt.Size() < d.lowWater() && len(d.cfg.table.bootstrapPeers) > 0 {
-				d.log.Debug("routing table below low water mark: bootstrapping", "size", d.rt.Size())
-				if err := d.Bootstrap(d.ctx); err != nil {
-					d.log.Debug("re-bootstrap failed", "err", err)
+			if tk.rt.Size() < tk.lowWater() && len(tk.cfg.bootstrapPeers) > 0 {
+				tk.log.Debug("routing table below low water mark: bootstrapping", "size", tk.rt.Size())
+				if err := tk.bootstrap(tk.own.ctx); err != nil {
+					tk.log.Debug("re-bootstrap failed", "err", err)
 				}
 			}
 		}
@@ -68,48 +68,48 @@ func (d *DHT) maintain() {
 }
 
 // refreshInterval is how long a looked-up bucket counts as fresh.
-func (d *DHT) refreshInterval() time.Duration { return d.cfg.table.refreshInterval }
+func (tk *keeper) refreshInterval() time.Duration { return tk.cfg.refreshInterval }
 
 // lowWater is the table size under which the node bootstraps by itself.
-func (d *DHT) lowWater() int { return max(1, d.cfg.table.bucketSize/4) }
+func (tk *keeper) lowWater() int { return max(1, tk.cfg.bucketSize/4) }
 
 // lowWaterCheck is how often the table size is checked against lowWater.
-func (d *DHT) lowWaterCheck() time.Duration {
-	return min(time.Minute, d.cfg.table.refreshInterval)
+func (tk *keeper) lowWaterCheck() time.Duration {
+	return min(time.Minute, tk.cfg.refreshInterval)
 }
 
 // refreshAndSave is what each refresh tick does: a round of upkeep, then
 // the table is saved for the next run.
-func (d *DHT) refreshAndSave(ctx context.Context) {
-	d.refreshOnce(ctx)
-	if err := d.saveTable(ctx); err != nil && ctx.Err() == nil {
-		d.log.Warn("saving the routing table failed", "err", err)
+func (tk *keeper) refreshAndSave(ctx context.Context) {
+	tk.refreshOnce(ctx)
+	if err := tk.saveTable(ctx); err != nil && ctx.Err() == nil {
+		tk.log.Warn("saving the routing table failed", "err", err)
 	}
 }
 
 // refreshOnce is one round of upkeep: liveness checks, a self-lookup,
 // then stale buckets.
-func (d *DHT) refreshOnce(ctx context.Context) {
-	d.checkLiveness(ctx, time.Now().Add(-d.cfg.table.refreshInterval))
-	if d.rt.Size() == 0 {
-		if err := d.Bootstrap(ctx); err != nil {
-			d.log.Debug("refresh: bootstrap failed", "err", err)
+func (tk *keeper) refreshOnce(ctx context.Context) {
+	tk.checkLiveness(ctx, time.Now().Add(-tk.cfg.refreshInterval))
+	if tk.rt.Size() == 0 {
+		if err := tk.bootstrap(ctx); err != nil {
+			tk.log.Debug("refresh: bootstrap failed", "err", err)
 		}
 		return
 	}
-	if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
-		d.log.Debug("refresh: self lookup failed", "err", err)
+	if _, err := tk.q.closestPeers(ctx, []byte(tk.self)); err != nil {
+		tk.log.Debug("refresh: self lookup failed", "err", err)
 	}
-	if err := d.refreshBuckets(ctx, true); err != nil {
-		d.log.Debug("refresh failed", "err", err)
+	if err := tk.refreshBuckets(ctx, true); err != nil {
+		tk.log.Debug("refresh failed", "err", err)
 	}
 }
 
 // checkLiveness probes every table peer last seen before cutoff; those
 // that do not answer are evicted, and a cached candidate takes their place.
-func (d *DHT) checkLiveness(ctx context.Context, cutoff time.Time) {
+func (tk *keeper) checkLiveness(ctx context.Context, cutoff time.Time) {
 	var stale []peer.ID
-	d.rt.withTable(func(t *kbucket.Table) {
+	tk.rt.withTable(func(t *kbucket.Table) {
 		for _, p := range t.Peers() {
 			if seen, ok := t.LastSeen(p); ok && seen.Before(cutoff) {
 				stale = append(stale, p)
@@ -125,7 +125,7 @@ func (d *DHT) checkLiveness(ctx context.Context, cutoff time.Time) {
 		g.Go(func() error {
 			// Go may have waited for a slot while ctx ended.
 			if ctx.Err() == nil {
-				d.checkPeer(ctx, p)
+				tk.checkPeer(ctx, p)
 			}
 			return nil
 		})
@@ -134,28 +134,28 @@ func (d *DHT) checkLiveness(ctx context.Context, cutoff time.Time) {
 }
 
 // checkPeer probes p: an answer refreshes it, silence evicts it.
-func (d *DHT) checkPeer(ctx context.Context, p peer.ID) {
-	if err := d.probe(ctx, p); err != nil {
+func (tk *keeper) checkPeer(ctx context.Context, p peer.ID) {
+	if err := tk.probe(ctx, p); err != nil {
 		if ctx.Err() == nil {
-			d.log.Debug("evicting unresponsive peer", "peer", p, "err", err)
-			d.rt.remove(p)
+			tk.log.Debug("evicting unresponsive peer", "peer", p, "err", err)
+			tk.rt.remove(p)
 		}
 		return
 	}
-	d.rt.seen(p, time.Now())
+	tk.rt.seen(p, time.Now())
 }
 
 // onBucketFull runs when a verified peer finds its bucket full and waits in
 // the replacement cache: the bucket's least recently seen peer is checked,
 // and if it is dead the candidate takes its place.
-func (d *DHT) onBucketFull(candidate peer.ID) {
+func (tk *keeper) onBucketFull(candidate peer.ID) {
 	var oldest peer.ID
 	var ok bool
-	d.rt.withTable(func(t *kbucket.Table) {
+	tk.rt.withTable(func(t *kbucket.Table) {
 		oldest, ok = t.Oldest(t.BucketFor(kbucket.PeerKey(candidate)))
 	})
 	if !ok {
 		return
 	}
-	d.verify(oldest, func() { d.checkPeer(d.ctx, oldest) })
+	tk.verify(oldest, func() { tk.checkPeer(tk.own.ctx, oldest) })
 }

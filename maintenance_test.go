@@ -67,7 +67,7 @@ func TestRefreshFillsTable(t *testing.T) {
 	t.Cleanup(func() { _ = d.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, d.addPeer(ctx, peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}))
+	require.NoError(t, d.keeper.addPeer(ctx, peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}))
 	require.Equal(t, 1, d.RoutingTable().Size())
 	waitFor(t, 15*time.Second, "refresh fills the table", func() bool { return d.RoutingTable().Size() >= 20 })
 }
@@ -102,7 +102,7 @@ func TestDeadPeerReplacedByCandidate(t *testing.T) {
 			tn.kill(t, i)
 		}
 	}
-	a.checkLiveness(context.Background(), time.Now().Add(time.Hour))
+	a.keeper.checkLiveness(context.Background(), time.Now().Add(time.Hour))
 	require.False(t, a.RoutingTable().Find(dead), "dead peer evicted")
 	require.True(t, a.RoutingTable().Find(candidate), "cached candidate promoted")
 }

@@ -272,7 +272,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 			}
 			continue
 		}
-		d.touchBucket(target.pos)
+		d.keeper.touchBucket(target.pos)
 		region := res.closest
 		w.known.add(region...)
 		j := i + 1

@@ -63,7 +63,7 @@ func pmJoin(t testing.TB, tn *testNet, seed uint64, opts ...Option) *pmNode {
 	d, err := New(ctx, h, append([]Option{Mode(ModeServer), MeterProvider(mp), BootstrapPeers(boots...)}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = d.Close() })
-	require.NoError(t, d.connectBootstrapPeers(ctx))
+	require.NoError(t, d.keeper.connectBootstrapPeers(ctx))
 	_, err = d.GetClosestPeers(ctx, string(d.self))
 	require.NoError(t, err)
 	return &pmNode{DHT: d, reader: reader}

@@ -150,7 +150,7 @@ func (r *provideRun) run(key []byte) {
 		}
 	}
 	if err == nil {
-		d.touchBucket(r.target)
+		d.keeper.touchBucket(r.target)
 	}
 	r.mu.Lock()
 	r.done, r.lookupErr = true, err

@@ -33,6 +33,24 @@ type querier struct {
 	onAnswer func(p peer.ID)
 	// onFailure is told of each request that failed (not cancelled).
 	onFailure func(p peer.ID, err error)
+	// touch is told of each target a FIND_NODE lookup converged on, so
+	// the table can skip refreshing its bucket.
+	touch func(target kbucket.ID)
+}
+
+// closestPeers runs a FIND_NODE lookup for key and returns the k closest
+// peers that answered, closest first.
+func (q *querier) closestPeers(ctx context.Context, key []byte) ([]peer.ID, error) {
+	target := kbucket.KeyForBytes(key)
+	res, err := q.run(ctx, target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		closer, err := q.findNode(ctx, p, key)
+		return closer, false, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	q.touch(target)
+	return res.closest, nil
 }
 
 // queryFunc is what a lookup asks each peer. It returns the closer peers

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.opentelemetry.io/otel/attribute"
@@ -55,16 +54,11 @@ func (d *DHT) GetClosestPeers(ctx context.Context, key string) (_ []peer.ID, err
 	if key == "" {
 		return nil, fmt.Errorf("kad: get closest peers: empty key")
 	}
-	kb := []byte(key)
-	res, err := d.q.run(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		closer, err := d.q.findNode(ctx, p, kb)
-		return closer, false, err
-	})
+	closest, err := d.q.closestPeers(ctx, []byte(key))
 	if err != nil {
 		return nil, fmt.Errorf("kad: get closest peers: %w", err)
 	}
-	d.touchBucket(kbucket.KeyForBytes(kb))
-	return res.closest, nil
+	return closest, nil
 }
 
 // FindPeer finds the addresses of peer id: from a live connection if there
@@ -113,22 +107,4 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 		}
 	}
 	return peer.AddrInfo{}, fmt.Errorf("kad: find peer %s: %w", id, routingErrNotFound)
-}
-
-// touchBucket records that the bucket holding target was just looked up,
-// so refresh can skip it.
-func (d *DHT) touchBucket(target kbucket.ID) {
-	now := time.Now()
-	d.rt.withTable(func(t *kbucket.Table) { t.Touch(t.BucketFor(target), now) })
-}
-
-// noteFailure evicts a table peer we could not reach at all, and one that
-// failed several requests in a row: one slow answer is not death, and some
-// peers refuse single requests (js rejects providers of non-sha256 keys).
-func (d *DHT) noteFailure(p peer.ID, err error) {
-	if !d.msgr.connected(p) {
-		d.rt.remove(p)
-		return
-	}
-	d.rt.failed(p, 3)
 }

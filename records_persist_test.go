@@ -37,7 +37,7 @@ func TestValuesPersistAcrossRestart(t *testing.T) {
 		return d
 	}
 	d := start(store)
-	d.cfg.table.bootstrapPeers = []peer.AddrInfo{{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}}
+	d.keeper.cfg.bootstrapPeers = []peer.AddrInfo{{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}}
 	require.NoError(t, d.Bootstrap(ctx))
 	for _, o := range tn.nodes {
 		valWait(t, 10*time.Second, "persistent node in every table", func() bool { return o.rt.Find(d.self) })

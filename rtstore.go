@@ -26,23 +26,23 @@ func rtKey(p peer.ID) ds.Key {
 // saveTable writes the table's peers and their addresses to the datastore,
 // replacing what was saved before, so a restarted node can rejoin without
 // bootstrap peers. go-libp2p-kad-dht has no equivalent.
-func (d *DHT) saveTable(ctx context.Context) error {
-	store := d.ext.ds
+func (tk *keeper) saveTable(ctx context.Context) error {
+	store := tk.ds
 	if store == nil {
 		return nil
 	}
-	peers := d.rt.ListPeers()
+	peers := tk.rt.ListPeers()
 	keep := make(map[ds.Key]bool, len(peers))
 	b, err := store.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("kad: save table: %w", err)
 	}
 	for _, p := range peers {
-		addrs := d.ps.Addrs(p)
+		addrs := tk.ps.Addrs(p)
 		if len(addrs) == 0 {
 			continue
 		}
-		e := d.entries.encode(p, addrs)
+		e := tk.entries.encode(p, addrs)
 		k := rtKey(p)
 		keep[k] = true
 		if err := b.Put(ctx, k, (&pb.Message{CloserPeers: []pb.Peer{e}}).Marshal(nil)); err != nil {
@@ -70,8 +70,8 @@ func (d *DHT) saveTable(ctx context.Context) error {
 
 // savedPeers reads the peers saved by saveTable. Entries that do not
 // decode are skipped.
-func (d *DHT) savedPeers(ctx context.Context) ([]peer.AddrInfo, error) {
-	res, err := d.ext.ds.Query(ctx, query.Query{Prefix: rtPrefix.String()})
+func (tk *keeper) savedPeers(ctx context.Context) ([]peer.AddrInfo, error) {
+	res, err := tk.ds.Query(ctx, query.Query{Prefix: rtPrefix.String()})
 	if err != nil {
 		return nil, fmt.Errorf("kad: load table: %w", err)
 	}
@@ -85,17 +85,17 @@ func (d *DHT) savedPeers(ctx context.Context) ([]peer.AddrInfo, error) {
 		if m.Unmarshal(r.Value) != nil {
 			continue
 		}
-		out = append(out, decodePeers(m.CloserPeers, d.self, 1)...)
+		out = append(out, decodePeers(m.CloserPeers, tk.self, 1)...)
 	}
 	return out, nil
 }
 
 // loadTable reconnects to the peers saved by a previous run, in the
 // background: each is admitted only once it answers, as any new peer.
-func (d *DHT) loadTable() {
-	peers, err := d.savedPeers(d.ctx)
+func (tk *keeper) loadTable() {
+	peers, err := tk.savedPeers(tk.own.ctx)
 	if err != nil {
-		d.log.Debug("load routing table", "err", err)
+		tk.log.Debug("load routing table", "err", err)
 	}
 	if len(peers) == 0 {
 		return
@@ -106,19 +106,19 @@ func (d *DHT) loadTable() {
 		if len(ai.Addrs) == 0 {
 			continue
 		}
-		if d.ctx.Err() != nil {
+		if tk.own.ctx.Err() != nil {
 			break
 		}
-		d.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+		tk.ps.AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 		g.Go(func() error {
 			// Go may have waited for a slot while the DHT closed.
-			if d.ctx.Err() != nil {
+			if tk.own.ctx.Err() != nil {
 				return nil
 			}
-			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.node.requestTimeout)
+			ctx, cancel := context.WithTimeout(tk.own.ctx, tk.requestTimeout)
 			defer cancel()
-			if err := d.addPeer(ctx, ai); err != nil && !errors.Is(err, context.Canceled) {
-				d.log.Debug("saved peer unreachable", "peer", ai.ID, "err", err)
+			if err := tk.addPeer(ctx, ai); err != nil && !errors.Is(err, context.Canceled) {
+				tk.log.Debug("saved peer unreachable", "peer", ai.ID, "err", err)
 			}
 			return nil
 		})

@@ -68,7 +68,7 @@ func TestSoakChurn(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, i := range live {
 			d := tn.nodes[i]
-			wg.Go(func() { d.refreshAndSave(ctx) })
+			wg.Go(func() { d.keeper.refreshAndSave(ctx) })
 		}
 		wg.Wait()
 	}

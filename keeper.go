@@ -1,0 +1,148 @@
+package kad
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/kadlib/kad/internal/kbucket"
+)
+
+// keeper keeps the routing table: it admits peers that prove to be live
+// servers, checks and evicts those that stop answering, lets waiting
+// candidates replace the dead, refreshes the buckets, bootstraps, runs
+// the discovery that starts by itself, checks peers that disconnect, and
+// saves the table for the next run. It owns the table; everything else
+// reads it through the functions it was given (nearest, seen).
+type keeper struct {
+	self           peer.ID
+	protocol       protocol.ID
+	cfg            tableConfig
+	requestTimeout time.Duration
+	rt             *RoutingTable
+	own            *owner
+	log            *slog.Logger
+	tel            *telemetry
+	q              *querier
+	msgr           messenger
+	ps             peerstore.Peerstore
+	filter         *addrFilter
+	entries        *peerEntries
+	ds             ds.Batching // where the table is saved
+
+	verifying    sync.Map      // peer.ID -> struct{}: admission checks in flight
+	verifySem    chan struct{} // bounds admission checks
+	lost         *lostPeers    // table peers to check after a disconnect
+	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
+	discoverRuns atomic.Int64  // discovery runs finished
+	rngMu        sync.Mutex
+	rng          *rand.Rand
+}
+
+// supportsDHT reports whether identify says p speaks our protocol.
+func (tk *keeper) supportsDHT(p peer.ID) bool {
+	protos, err := tk.ps.SupportsProtocols(p, tk.protocol)
+	return err == nil && len(protos) > 0
+}
+
+// consider starts an admission check for p if it advertises the protocol
+// and is not in the table: p is admitted only once it answers a FIND_NODE
+// for its own id, so unresponsive servers cannot poison the table.
+func (tk *keeper) consider(p peer.ID) {
+	if p == tk.self || tk.own.isClosed() || tk.rt.Find(p) || !tk.supportsDHT(p) || !tk.filter.admissible(p) {
+		return
+	}
+	// A probe costs the peer a request: spend it only when the peer could
+	// take a bucket slot. Peers of full buckets still enter the table when
+	// they answer one of our lookups, and full buckets are kept live by
+	// the liveness checks.
+	if !tk.rt.hasRoom(p) {
+		return
+	}
+	tk.verify(p, func() {
+		if tk.probe(tk.own.ctx, p) == nil {
+			tk.admit(p)
+		}
+	})
+}
+
+// verify runs check, a check of p, on a goroutine owned by the DHT, unless
+// p is being checked already or verifySem's checks are all running: the
+// peer will come up again.
+func (tk *keeper) verify(p peer.ID, check func()) {
+	if _, busy := tk.verifying.LoadOrStore(p, struct{}{}); busy {
+		return
+	}
+	select {
+	case tk.verifySem <- struct{}{}:
+	default:
+		tk.verifying.Delete(p)
+		return
+	}
+	release := func() { <-tk.verifySem; tk.verifying.Delete(p) }
+	if !tk.own.spawn(func() {
+		defer release()
+		check()
+	}) {
+		release()
+	}
+}
+
+// probe asks p a FIND_NODE for its own id and checks it answers.
+func (tk *keeper) probe(ctx context.Context, p peer.ID) error {
+	_, err := tk.q.findNode(ctx, p, []byte(p))
+	return err
+}
+
+// peerChanged reports table changes to the application and metrics.
+func (tk *keeper) peerChanged(p peer.ID, added bool) {
+	if added {
+		tk.log.Debug("peer added", "peer", p)
+		if f := tk.cfg.onPeerAdded; f != nil {
+			f(p)
+		}
+		tk.kickDiscovery()
+		return
+	}
+	tk.log.Debug("peer removed", "peer", p)
+	if f := tk.cfg.onPeerRemoved; f != nil {
+		f(p)
+	}
+}
+
+// admit adds a peer that has proven to be a live server, if the address
+// filter lets it in.
+func (tk *keeper) admit(p peer.ID) {
+	if p == tk.self || tk.own.isClosed() || !tk.filter.admissible(p) {
+		return
+	}
+	if tk.rt.add(p, time.Now()) == kbucket.Pending {
+		tk.onBucketFull(p)
+	}
+}
+
+// touchBucket records that the bucket holding target was just looked up,
+// so refresh can skip it.
+func (tk *keeper) touchBucket(target kbucket.ID) {
+	now := time.Now()
+	tk.rt.withTable(func(t *kbucket.Table) { t.Touch(t.BucketFor(target), now) })
+}
+
+// noteFailure evicts a table peer we could not reach at all, and one that
+// failed several requests in a row: one slow answer is not death, and some
+// peers refuse single requests (js rejects providers of non-sha256 keys).
+func (tk *keeper) noteFailure(p peer.ID, err error) {
+	if !tk.msgr.connected(p) {
+		tk.rt.remove(p)
+		return
+	}
+	tk.rt.failed(p, 3)
+}
