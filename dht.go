@@ -56,6 +56,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // ErrClosed is returned by operations on a DHT after Close.
@@ -94,6 +95,7 @@ type DHT struct {
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
+	vals       *values // the values side: records, PUT_VALUE and GET_VALUE
 	tel        *telemetry
 	rngMu      sync.Mutex
 	rng        *rand.Rand
@@ -210,6 +212,10 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	if err := d.initExt(); err != nil {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())
+	}
+	if d.vals.on {
+		d.handlers[int32(pb.PutValue)] = d.vals.handlePutValue
+		d.handlers[int32(pb.GetValue)] = d.vals.handleGetValue
 	}
 	own.spawn(d.maintain)
 	d.startExt()
