@@ -54,6 +54,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // ErrClosed is returned by operations on a DHT after Close.
@@ -90,6 +92,7 @@ type DHT struct {
 	notify     *network.NotifyBundle
 	notifyOnce sync.Once
 	ext        extState
+	vals       *values // the values side: records, PUT_VALUE and GET_VALUE
 	tel        *telemetry
 
 	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
@@ -212,7 +215,11 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		return nil, errors.Join(err, d.tel.close())
 	}
 	tk.ds = d.ext.ds
-	own.spawn(d.keeper.maintain)
+	if d.vals.on {
+		d.srv.handle(pb.PutValue, d.vals.handlePutValue)
+		d.srv.handle(pb.GetValue, d.vals.handleGetValue)
+	}
+	own.spawn(tk.maintain)
 	d.startExt()
 	own.spawn(d.keeper.loadTable)
 	return d, nil

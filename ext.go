@@ -1,16 +1,17 @@
 package kad
 
 import (
+	"context"
 	"errors"
 
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// extState is the runtime state of the values and providers sides.
+// extState is the datastore and the runtime state of the providers side.
 type extState struct {
 	ds        ds.Batching
-	values    valuesState
 	providers providersState
 }
 
@@ -19,22 +20,23 @@ func (d *DHT) initExt() error {
 	if d.ext.ds == nil {
 		d.ext.ds = dssync.MutexWrap(ds.NewMapDatastore())
 	}
-	if err := d.initValues(); err != nil {
-		return err
-	}
+	d.vals = newValues(d.cfg.values, d.cfg.table.bucketSize, d.self, d.cfg.node.prefix, d.ps, d.ext.ds, valuesDeps{
+		own: d.own, q: d.q, log: d.log, closer: d.srv.closerPeers,
+		closest: func(ctx context.Context, key string) ([]peer.ID, error) { return d.q.closestPeers(ctx, []byte(key)) },
+	})
 	if err := d.initProviders(); err != nil {
-		return errors.Join(err, d.closeValues())
+		return errors.Join(err, d.vals.close())
 	}
 	return nil
 }
 
 // startExt starts the background tasks of both sides, owned by d.wg.
 func (d *DHT) startExt() {
-	d.startValues()
+	d.vals.start()
 	d.startProviders()
 	d.startReprovider()
 }
 
 func (d *DHT) closeExt() error {
-	return errors.Join(d.closeValues(), d.closeProviders())
+	return errors.Join(d.vals.close(), d.closeProviders())
 }

@@ -183,9 +183,9 @@ func TestValues100Nodes(t *testing.T) {
 		closest := tn.trueClosest(key, 20, putter.self)
 		// One closest peer falls back to an old value, another loses it.
 		stale, empty := tn.node(closest[0]), tn.node(closest[1])
-		_, err := stale.ext.values.store.Put(ctx, []byte(key), []byte("1:old"), nil)
+		_, err := stale.vals.store.Put(ctx, []byte(key), []byte("1:old"), nil)
 		require.NoError(t, err)
-		require.NoError(t, empty.ext.values.store.Delete(ctx, []byte(key)))
+		require.NoError(t, empty.vals.store.Delete(ctx, []byte(key)))
 		reader := tn.outside(r, key, putter)
 		v, err := reader.GetValue(ctx, key)
 		require.NoError(t, err)

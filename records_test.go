@@ -80,7 +80,7 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 // stored returns the value node d holds for key, nil if none.
 func stored(t testing.TB, d *DHT, key string) []byte {
 	t.Helper()
-	r, ok, err := d.ext.values.store.Get(context.Background(), []byte(key))
+	r, ok, err := d.vals.store.Get(context.Background(), []byte(key))
 	require.NoError(t, err)
 	if !ok {
 		return nil
