@@ -56,6 +56,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // ErrClosed is returned by operations on a DHT after Close.
@@ -74,6 +75,7 @@ type DHT struct {
 	msgr   messenger           // the network seam: every message goes through it
 	filter *addrFilter         // AddressFilter: who may enter the table and lookups
 	q      *querier            // lookups and requests
+	provs  *providerSide       // provider records, Provide and FindProviders, the reprovider
 	ps     peerstore.Peerstore // addresses and protocols of other peers
 	// selfAddrs returns the addresses we are reached at.
 	selfAddrs func() []ma.Multiaddr
@@ -210,6 +212,21 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	if err := d.initExt(); err != nil {
 		cancel()
 		return nil, errors.Join(err, d.tel.close())
+	}
+	d.provs, err = newProviderSide(providerSide{
+		self: d.self, k: cfg.table.bucketSize, beta: cfg.lookup.resiliency, maxAddrs: cfg.limits.maxAddrsPerPeer,
+		cfg: cfg.providers, rcfg: cfg.reprovide,
+		own: own, q: d.q, log: d.log, tel: tel, ds: d.ext.ds, ps: env.ps, filter: d.filter,
+		selfAddrs: env.selfAddrs, closer: d.closerPeers, encode: d.encodePeer,
+		nearest: d.rt.nearest, tablePeers: d.rt.ListPeers, touch: d.touchBucket,
+	}, cfg.providerStoreParams())
+	if err != nil {
+		cancel()
+		return nil, errors.Join(err, d.closeExt(), d.tel.close())
+	}
+	if d.provs.enabled() {
+		d.handlers[int32(pb.AddProvider)] = d.provs.handleAddProvider
+		d.handlers[int32(pb.GetProviders)] = d.provs.handleGetProviders
 	}
 	own.spawn(d.maintain)
 	d.startExt()

@@ -1,17 +1,15 @@
 package kad
 
 import (
-	"errors"
-
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
 )
 
-// extState is the runtime state of the values and providers sides.
+// extState is the runtime state of the values side, and the datastore
+// both sides keep records in.
 type extState struct {
-	ds        ds.Batching
-	values    valuesState
-	providers providersState
+	ds     ds.Batching
+	values valuesState
 }
 
 func (d *DHT) initExt() error {
@@ -19,22 +17,15 @@ func (d *DHT) initExt() error {
 	if d.ext.ds == nil {
 		d.ext.ds = dssync.MutexWrap(ds.NewMapDatastore())
 	}
-	if err := d.initValues(); err != nil {
-		return err
-	}
-	if err := d.initProviders(); err != nil {
-		return errors.Join(err, d.closeValues())
-	}
-	return nil
+	return d.initValues()
 }
 
-// startExt starts the background tasks of both sides, owned by d.wg.
+// startExt starts the background tasks of both sides, owned by d.own.
 func (d *DHT) startExt() {
 	d.startValues()
-	d.startProviders()
-	d.startReprovider()
+	d.provs.start()
 }
 
 func (d *DHT) closeExt() error {
-	return errors.Join(d.closeValues(), d.closeProviders())
+	return d.closeValues()
 }
