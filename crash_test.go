@@ -192,12 +192,12 @@ func TestKilledMidWriteKeepsAcknowledged(t *testing.T) {
 		require.Equal(t, v, string(stored(t, restarted, k)), "local record %s", k)
 	}
 	for k, p := range ackedProv {
-		got, err := restarted.ext.providers.store.GetProviders(ctx, []byte(k))
+		got, err := restarted.provs.store.GetProviders(ctx, []byte(k))
 		require.NoError(t, err)
 		require.Contains(t, provIDs(got), p, "acknowledged provider record")
 	}
 	for k := range ackedLocalProv {
-		got, err := restarted.ext.providers.store.GetProviders(ctx, []byte(k))
+		got, err := restarted.provs.store.GetProviders(ctx, []byte(k))
 		require.NoError(t, err)
 		require.Contains(t, provIDs(got), victim.self, "local provider record")
 	}

@@ -74,6 +74,7 @@ type DHT struct {
 	msgr   messenger           // the network seam: every message goes through it
 	filter *addrFilter         // AddressFilter: who may enter the table and lookups
 	q      *querier            // lookups and requests
+	provs  *providerSide       // provider records, Provide and FindProviders, the reprovider
 	ps     peerstore.Peerstore // addresses and protocols of other peers
 	// selfAddrs returns the addresses we are reached at.
 	selfAddrs func() []ma.Multiaddr
@@ -218,6 +219,21 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	if d.vals.on {
 		d.srv.handle(pb.PutValue, d.vals.handlePutValue)
 		d.srv.handle(pb.GetValue, d.vals.handleGetValue)
+	}
+	d.provs, err = newProviderSide(providerSide{
+		self: d.self, k: cfg.table.bucketSize, beta: cfg.lookup.resiliency, maxAddrs: cfg.limits.maxAddrsPerPeer,
+		cfg: cfg.providers, rcfg: cfg.reprovide,
+		own: own, q: d.q, log: d.log, tel: tel, ds: d.ext.ds, ps: env.ps, filter: d.filter,
+		selfAddrs: env.selfAddrs, closer: d.srv.closerPeers, encode: d.entries.encode,
+		nearest: d.rt.nearest, tablePeers: d.rt.ListPeers, touch: tk.touchBucket,
+	}, cfg.providerStoreParams())
+	if err != nil {
+		cancel()
+		return nil, errors.Join(err, d.closeExt(), d.tel.close())
+	}
+	if d.provs.enabled() {
+		d.srv.handle(pb.AddProvider, d.provs.handleAddProvider)
+		d.srv.handle(pb.GetProviders, d.provs.handleGetProviders)
 	}
 	own.spawn(tk.maintain)
 	d.startExt()

@@ -2,19 +2,19 @@ package kad
 
 import (
 	"context"
-	"errors"
 
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// extState is the datastore and the runtime state of the providers side.
+// extState is the datastore both sides keep records in.
 type extState struct {
-	ds        ds.Batching
-	providers providersState
+	ds ds.Batching
 }
 
+// initExt opens the datastore (the configured one, or a fresh in-memory
+// one) and builds the values side on it.
 func (d *DHT) initExt() error {
 	d.ext.ds = d.cfg.datastore
 	if d.ext.ds == nil {
@@ -24,19 +24,15 @@ func (d *DHT) initExt() error {
 		own: d.own, q: d.q, log: d.log, closer: d.srv.closerPeers,
 		closest: func(ctx context.Context, key string) ([]peer.ID, error) { return d.q.closestPeers(ctx, []byte(key)) },
 	})
-	if err := d.initProviders(); err != nil {
-		return errors.Join(err, d.vals.close())
-	}
 	return nil
 }
 
-// startExt starts the background tasks of both sides, owned by d.wg.
+// startExt starts the background tasks of both sides, owned by the owner.
 func (d *DHT) startExt() {
 	d.vals.start()
-	d.startProviders()
-	d.startReprovider()
+	d.provs.start()
 }
 
 func (d *DHT) closeExt() error {
-	return errors.Join(d.vals.close(), d.closeProviders())
+	return d.vals.close()
 }

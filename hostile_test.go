@@ -128,7 +128,7 @@ func TestHostileInputs(t *testing.T) {
 	c := provCID(t, rand.New(rand.NewPCG(81, 81)))
 	require.NoError(t, cli.Provide(ctx, c, true))
 	waitFor(t, 10*time.Second, "provider stored", func() bool {
-		got, err := srv.ext.providers.store.GetProviders(ctx, c.Hash())
+		got, err := srv.provs.store.GetProviders(ctx, c.Hash())
 		return err == nil && len(got) == 1
 	})
 	require.Equal(t, []byte("5:x"), stored(t, srv, "/test/k"))
@@ -155,7 +155,7 @@ func TestHostileInputs(t *testing.T) {
 		})
 	}
 	require.False(t, srv.rt.Find(attacker.ID()), "the attacker never entered the table")
-	got, err := srv.ext.providers.store.GetProviders(ctx, c.Hash())
+	got, err := srv.provs.store.GetProviders(ctx, c.Hash())
 	require.NoError(t, err)
 	require.Equal(t, []peer.ID{cli.self}, provIDs(got))
 }

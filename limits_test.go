@@ -297,7 +297,7 @@ func TestResponseLimits(t *testing.T) {
 		many = append(many, ma.StringCast(fmt.Sprintf("/ip4/10.0.0.%d/tcp/4001", i+1)))
 	}
 	for range 10 {
-		require.NoError(t, srv.ext.providers.store.AddProvider(ctx, key, peer.AddrInfo{ID: seededPeer(r), Addrs: many}))
+		require.NoError(t, srv.provs.store.AddProvider(ctx, key, peer.AddrInfo{ID: seededPeer(r), Addrs: many}))
 	}
 	resp, err := openRaw(t, a, srv.self).ask(&pb.Message{Type: pb.GetProviders, Key: key})
 	require.NoError(t, err)

@@ -82,6 +82,11 @@ func (d *DHT) ProvideMany(ctx context.Context, keys []cid.Cid) error {
 // ProvideManyReport is ProvideMany, returning what it did: how many
 // lookups it needed and how many messages it sent.
 func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid) (ProvideReport, error) {
+	return d.provs.provideMany(ctx, keys)
+}
+
+// provideMany is ProvideManyReport.
+func (s *providerSide) provideMany(ctx context.Context, keys []cid.Cid) (ProvideReport, error) {
 	pks := make([]provKey, 0, len(keys))
 	for _, c := range keys {
 		mh, err := providerKey(c)
@@ -90,7 +95,7 @@ func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid) (ProvideRep
 		}
 		pks = append(pks, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
 	}
-	return d.provideKeys(ctx, pks)
+	return s.provideKeys(ctx, pks)
 }
 
 // ProvideManyChan is ProvideMany for sets too large to hold at once: it
@@ -100,6 +105,11 @@ func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid) (ProvideRep
 // unfinished batch are dropped), or if no announcement of any batch
 // reached a peer; the report covers the batches done.
 func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (ProvideReport, error) {
+	return d.provs.provideManyChan(ctx, keys)
+}
+
+// provideManyChan is ProvideManyChan.
+func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid) (ProvideReport, error) {
 	var total ProvideReport
 	var lastErr error
 	batch := make([]provKey, 0, 1024)
@@ -107,7 +117,7 @@ func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (Provide
 		if len(batch) == 0 {
 			return
 		}
-		rep, err := d.provideKeys(ctx, batch)
+		rep, err := s.provideKeys(ctx, batch)
 		total.add(rep)
 		if err != nil {
 			lastErr = err
@@ -118,7 +128,7 @@ func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (Provide
 		select {
 		case <-ctx.Done():
 			return total, fmt.Errorf("kad: provide many: %w", ctx.Err())
-		case <-d.ctx.Done():
+		case <-s.own.ctx.Done():
 			return total, ErrClosed
 		case c, ok := <-keys:
 			if !ok {
@@ -130,7 +140,7 @@ func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (Provide
 			}
 			mh, err := providerKey(c)
 			if err != nil {
-				d.log.Debug("provide many: key skipped", "err", err)
+				s.log.Debug("provide many: key skipped", "err", err)
 				continue
 			}
 			batch = append(batch, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
@@ -142,12 +152,12 @@ func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (Provide
 }
 
 // provideKeys stores keys locally and announces them region by region.
-func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, error) {
+func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, error) {
 	var rep ProvideReport
-	if d.own.isClosed() {
+	if s.own.isClosed() {
 		return rep, ErrClosed
 	}
-	store := d.ext.providers.store
+	store := s.store
 	if store == nil {
 		return rep, ErrProvidersDisabled
 	}
@@ -157,8 +167,8 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	if len(keys) == 0 {
 		return rep, nil
 	}
-	addrs := d.selfAddrs()
-	self := peer.AddrInfo{ID: d.self, Addrs: addrs}
+	addrs := s.selfAddrs()
+	self := peer.AddrInfo{ID: s.self, Addrs: addrs}
 	for _, k := range keys {
 		if err := store.AddProvider(ctx, k.mh, self); err != nil && !errors.Is(err, providers.ErrKeyFull) {
 			return rep, fmt.Errorf("kad: provide many: store locally: %w", err)
@@ -170,13 +180,13 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stopLife := context.AfterFunc(d.ctx, cancel)
+	stopLife := context.AfterFunc(s.own.ctx, cancel)
 	defer stopLife()
 
 	w := &provideWalk{
-		d:     d,
+		s:     s,
 		addrs: addrs,
-		known: newKnownPeers(d.rt.ListPeers()),
+		known: newKnownPeers(s.tablePeers()),
 	}
 	w.sends.SetLimit(provideManySends)
 	// The sorted keys are cut into contiguous runs walked at once, each
@@ -187,7 +197,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	for r := range runs {
 		lo, hi := r*len(keys)/runs, (r+1)*len(keys)/runs
 		walkers.Add(1)
-		if !d.own.spawn(func() {
+		if !s.own.spawn(func() {
 			defer walkers.Done()
 			w.walk(ctx, keys[lo:hi])
 		}) {
@@ -202,11 +212,11 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 	_ = w.sends.Wait() // no send returns an error
 	rep.add(w.rep)
 	reached, lookupErr := w.reached, w.lookupErr
-	d.log.Debug("provide many", "keys", rep.Keys, "lookups", rep.Lookups, "messages", rep.Messages, "streams", rep.Streams, "missed", rep.KeysMissed)
+	s.log.Debug("provide many", "keys", rep.Keys, "lookups", rep.Lookups, "messages", rep.Messages, "streams", rep.Streams, "missed", rep.KeysMissed)
 	if reached > 0 {
 		return rep, nil
 	}
-	if d.own.isClosed() {
+	if s.own.isClosed() {
 		return rep, ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
@@ -220,7 +230,7 @@ func (d *DHT) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, e
 
 // provideWalk is the state the runs of one provideKeys share.
 type provideWalk struct {
-	d     *DHT
+	s     *providerSide
 	addrs []ma.Multiaddr
 	known *knownPeers
 	// sends runs the batch sends, provideManySends at a time. A plain
@@ -238,16 +248,16 @@ type provideWalk struct {
 // peers are mostly that region's; the region's records go out in the
 // background while the walk goes on.
 func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
-	d := w.d
+	s := w.s
 	for i := 0; i < len(keys) && ctx.Err() == nil; {
 		target := keys[i]
-		res, err := d.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-			closer, err := d.q.findNode(ctx, p, target.mh)
+		res, err := s.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+			closer, err := s.q.findNode(ctx, p, target.mh)
 			if err != nil {
 				w.known.remove(p)
 				return nil, false, err
 			}
-			w.known.addInfos(closer, d.filter.queryable)
+			w.known.addInfos(closer, s.filter.queryable)
 			return closer, false, nil
 		})
 		w.mu.Lock()
@@ -272,7 +282,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 			}
 			continue
 		}
-		d.keeper.touchBucket(target.pos)
+		s.touch(target.pos)
 		region := res.closest
 		w.known.add(region...)
 		j := i + 1
@@ -283,7 +293,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 		i = j
 		msgs := make([]*pb.Message, len(batch))
 		for n, pk := range batch {
-			msgs[n] = d.addProviderMsg(pk.mh, w.addrs)
+			msgs[n] = s.addProviderMsg(pk.mh, w.addrs)
 		}
 		for _, p := range region {
 			for start := 0; start < len(msgs); start += provideManyPerStream {
@@ -294,14 +304,14 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 				w.sends.Go(func() error {
 					// Close waits for the send too; Go may have waited
 					// for a slot while ctx ended or Close began.
-					if ctx.Err() != nil || !d.own.enter() {
+					if ctx.Err() != nil || !s.own.enter() {
 						return nil
 					}
-					defer d.own.leave()
+					defer s.own.leave()
 					w.mu.Lock()
 					w.rep.Streams++
 					w.mu.Unlock()
-					n, err := d.q.sendOneWay(ctx, p, chunk, nil)
+					n, err := s.q.sendOneWay(ctx, p, chunk, nil)
 					w.mu.Lock()
 					w.rep.Messages += n
 					if err == nil {
@@ -309,7 +319,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 					}
 					w.mu.Unlock()
 					if err != nil {
-						d.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
+						s.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
 					}
 					return nil
 				})

@@ -149,7 +149,7 @@ func TestProvideManySmall(t *testing.T) {
 	require.GreaterOrEqual(t, rep.Messages, count*20)
 	require.Less(t, rep.Streams*10, rep.Messages, "several messages per stream")
 	// Stored locally too.
-	local, err := a.ext.providers.store.GetProviders(ctx, cids[0].Hash())
+	local, err := a.provs.store.GetProviders(ctx, cids[0].Hash())
 	require.NoError(t, err)
 	require.Len(t, local, 1)
 	require.Equal(t, 1.0, pmFindable(t, tn, cids, a.self, 104))
@@ -185,7 +185,7 @@ func TestProvideManyErrors(t *testing.T) {
 	// Alone: stored locally, sent nowhere.
 	cids := pmCIDs(t, 3, 122)
 	require.ErrorIs(t, d.ProvideMany(ctx, cids), ErrNoPeerReached)
-	local, err := d.ext.providers.store.GetProviders(ctx, cids[1].Hash())
+	local, err := d.provs.store.GetProviders(ctx, cids[1].Hash())
 	require.NoError(t, err)
 	require.Len(t, local, 1)
 	require.NoError(t, d.Close())

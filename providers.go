@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/routing"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -65,10 +68,45 @@ type ProviderRecordStore interface {
 	GetProviders(ctx context.Context, key []byte) ([]peer.AddrInfo, error)
 }
 
-// providersState is the providers side's runtime state.
-type providersState struct {
+// providerSide is the providers side of a node: it owns the provider
+// record store and answers ADD_PROVIDER and GET_PROVIDERS, announces
+// (Provide, ProvideMany) and finds providers, and runs the store's sweep
+// and the reprovider. Everything else it needs is passed in: the owner of
+// its goroutines, the querier, and the table and the server as functions.
+type providerSide struct {
+	// Settings.
+	self     peer.ID
+	k        int // bucket size: peers a key is announced to
+	beta     int // lookup resiliency: closest peers that must answer before a provide run counts as converged
+	maxAddrs int // addresses kept per provider of an ADD_PROVIDER
+	cfg      providersConfig
+	rcfg     reprovideConfig
+
+	// Owned state, set by newProviderSide.
 	store   ProviderRecordStore // nil when disabled
 	builtin *providers.Store    // nil for a custom store
+
+	// Dependencies.
+	own    *owner
+	q      *querier
+	log    *slog.Logger
+	tel    *telemetry
+	ds     ds.Batching         // the built-in store's records and the reprovider's keys
+	ps     peerstore.Peerstore // providers' addresses
+	filter *addrFilter
+	// selfAddrs returns the addresses we are reached at.
+	selfAddrs func() []ma.Multiaddr
+	// closer returns the wire entries of the peers closest to key, less
+	// from: the closer peers of an answer.
+	closer func(key []byte, from peer.ID) []pb.Peer
+	// encode makes the wire entry of p at addrs.
+	encode func(p peer.ID, addrs []ma.Multiaddr) pb.Peer
+	// nearest returns the table's n peers closest to target.
+	nearest func(target kbucket.ID, n int) []peer.ID
+	// tablePeers returns every peer of the table.
+	tablePeers func() []peer.ID
+	// touch marks the table bucket of target as just looked up.
+	touch func(target kbucket.ID)
 }
 
 // builtinProviders adapts the pure store to ProviderRecordStore, reading
@@ -83,42 +121,47 @@ func (b builtinProviders) GetProviders(ctx context.Context, key []byte) ([]peer.
 	return b.s.Get(ctx, key, time.Now(), 0)
 }
 
-func (d *DHT) initProviders() error {
-	pc := d.cfg.providers
-	if pc.disabled {
-		return nil
+// newProviderSide returns s, which carries the settings and dependencies,
+// with its record store opened: the custom one of the config, or the
+// built-in one on s.ds with params. With providers disabled it has none,
+// and every operation fails with ErrProvidersDisabled.
+func newProviderSide(s providerSide, params providers.Config) (*providerSide, error) {
+	if s.cfg.disabled {
+		return &s, nil
 	}
-	if pc.store != nil {
-		d.ext.providers.store = pc.store
-	} else {
-		s, err := providers.New(d.ext.ds, d.cfg.providerStoreParams())
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
-		}
-		d.ext.providers.builtin = s
-		d.ext.providers.store = builtinProviders{s}
+	if s.cfg.store != nil {
+		s.store = s.cfg.store
+		return &s, nil
 	}
-	d.srv.handle(pb.AddProvider, d.handleAddProvider)
-	d.srv.handle(pb.GetProviders, d.handleGetProviders)
-	return nil
+	st, err := providers.New(s.ds, params)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
+	}
+	s.builtin = st
+	s.store = builtinProviders{st}
+	return &s, nil
 }
 
-// startProviders starts the expiry sweep of the built-in store.
-func (d *DHT) startProviders() {
-	if d.ext.providers.builtin == nil {
-		return
+// enabled reports whether the side has a store, so serves and announces.
+func (s *providerSide) enabled() bool { return s.store != nil }
+
+// start starts the expiry sweep of the built-in store and the reprovider.
+func (s *providerSide) start() {
+	if s.builtin != nil {
+		s.own.every(providerSweepInterval, s.sweep)
 	}
-	d.own.every(providerSweepInterval, d.sweepProviders)
+	s.startReprovider()
 }
 
-// sweepProviders runs one full pass over the built-in store, in bounded
-// steps that each release its lock.
-func (d *DHT) sweepProviders() {
+// sweep runs one full pass over the built-in store, in bounded steps that
+// each release its lock.
+func (s *providerSide) sweep() {
+	ctx := s.own.ctx
 	removed := 0
-	for d.ctx.Err() == nil {
-		st, err := d.ext.providers.builtin.Sweep(d.ctx, time.Now(), providerSweepBudget)
+	for ctx.Err() == nil {
+		st, err := s.builtin.Sweep(ctx, time.Now(), providerSweepBudget)
 		if err != nil {
-			d.log.Warn("provider sweep failed", "err", err)
+			s.log.Warn("provider sweep failed", "err", err)
 			return
 		}
 		removed += st.Removed
@@ -126,10 +169,8 @@ func (d *DHT) sweepProviders() {
 			break
 		}
 	}
-	d.log.Debug("provider sweep", "removed", removed)
+	s.log.Debug("provider sweep", "removed", removed)
 }
-
-func (d *DHT) closeProviders() error { return nil }
 
 // providerKey is the wire key of c: its multihash, so CIDv0 and CIDv1 of
 // the same content are one key.
@@ -160,12 +201,33 @@ func checkProviderKey(key []byte) error {
 // owned by the DHT. It fails with ErrNoPeerReached if no peer could be
 // reached.
 func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error) {
-	ctx, span := d.tel.startSpan(ctx, "Provide")
+	return d.provs.provide(ctx, c, announce)
+}
+
+// FindProviders returns up to count providers of c (count 0: all that the
+// lookup finds), local ones first. It ends the lookup as soon as count are
+// found. An error is returned only when nothing was found.
+func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) (_ []peer.AddrInfo, err error) {
+	return d.provs.findProviders(ctx, c, count)
+}
+
+// FindProvidersAsync streams the providers of c as they are found, local
+// ones first, each peer once. The channel closes when count have been
+// sent (count 0: no limit), when the lookup ends, or when ctx is done or
+// the DHT closes; on any error it closes without sending. The caller need
+// not drain it: the search stops with ctx.
+func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-chan peer.AddrInfo {
+	return d.provs.findProvidersAsync(ctx, c, count)
+}
+
+// provide is Provide.
+func (s *providerSide) provide(ctx context.Context, c cid.Cid, announce bool) (err error) {
+	ctx, span := s.tel.startSpan(ctx, "Provide")
 	defer func() { endSpan(span, err) }()
-	if d.own.isClosed() {
+	if s.own.isClosed() {
 		return ErrClosed
 	}
-	store := d.ext.providers.store
+	store := s.store
 	if store == nil {
 		return ErrProvidersDisabled
 	}
@@ -173,13 +235,13 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error)
 	if err != nil {
 		return fmt.Errorf("kad: provide: %w", err)
 	}
-	addrs := d.selfAddrs()
-	if err := store.AddProvider(ctx, key, peer.AddrInfo{ID: d.self, Addrs: addrs}); err != nil {
+	addrs := s.selfAddrs()
+	if err := store.AddProvider(ctx, key, peer.AddrInfo{ID: s.self, Addrs: addrs}); err != nil {
 		if !errors.Is(err, providers.ErrKeyFull) {
 			return fmt.Errorf("kad: provide %s: store locally: %w", c, err)
 		}
 		// A key crowded with other providers is no reason not to announce.
-		d.log.Debug("local provider store full for key", "cid", c)
+		s.log.Debug("local provider store full for key", "cid", c)
 	}
 	if !announce {
 		return nil
@@ -187,24 +249,22 @@ func (d *DHT) Provide(ctx context.Context, c cid.Cid, announce bool) (err error)
 	if len(addrs) == 0 {
 		return fmt.Errorf("kad: provide %s: the host has no addresses to announce", c)
 	}
-	if err := d.announce(ctx, key, addrs); err != nil {
+	if err := s.announce(ctx, key, addrs); err != nil {
 		return fmt.Errorf("kad: provide %s: %w", c, err)
 	}
 	return nil
 }
 
-// FindProviders returns up to count providers of c (count 0: all that the
-// lookup finds), local ones first. It ends the lookup as soon as count are
-// found. An error is returned only when nothing was found.
-func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) (_ []peer.AddrInfo, err error) {
-	ctx, span := d.tel.startSpan(ctx, "FindProviders")
+// findProviders is FindProviders.
+func (s *providerSide) findProviders(ctx context.Context, c cid.Cid, count int) (_ []peer.AddrInfo, err error) {
+	ctx, span := s.tel.startSpan(ctx, "FindProviders")
 	defer func() { endSpan(span, err) }()
-	key, err := d.checkFind(c, count)
+	key, err := s.checkFind(c, count)
 	if err != nil {
 		return nil, fmt.Errorf("kad: find providers: %w", err)
 	}
 	var out []peer.AddrInfo
-	err = d.findProviders(ctx, key, count, func(_ context.Context, ai peer.AddrInfo) bool {
+	err = s.find(ctx, key, count, func(_ context.Context, ai peer.AddrInfo) bool {
 		out = append(out, ai)
 		return true
 	})
@@ -214,29 +274,25 @@ func (d *DHT) FindProviders(ctx context.Context, c cid.Cid, count int) (_ []peer
 	return out, nil
 }
 
-// FindProvidersAsync streams the providers of c as they are found, local
-// ones first, each peer once. The channel closes when count have been
-// sent (count 0: no limit), when the lookup ends, or when ctx is done or
-// the DHT closes; on any error it closes without sending. The caller need
-// not drain it: the search stops with ctx.
-func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-chan peer.AddrInfo {
+// findProvidersAsync is FindProvidersAsync.
+func (s *providerSide) findProvidersAsync(ctx context.Context, c cid.Cid, count int) <-chan peer.AddrInfo {
 	out := make(chan peer.AddrInfo)
-	key, err := d.checkFind(c, count)
+	key, err := s.checkFind(c, count)
 	if err != nil {
-		d.log.Debug("find providers", "cid", c, "err", err)
+		s.log.Debug("find providers", "cid", c, "err", err)
 		close(out)
 		return out
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stopLife := context.AfterFunc(d.ctx, cancel)
+	stopLife := context.AfterFunc(s.own.ctx, cancel)
 	end := func() {
 		stopLife()
 		cancel()
 		close(out)
 	}
-	if !d.own.spawn(func() {
+	if !s.own.spawn(func() {
 		defer end()
-		err := d.findProviders(ctx, key, count, func(ctx context.Context, ai peer.AddrInfo) bool {
+		err := s.find(ctx, key, count, func(ctx context.Context, ai peer.AddrInfo) bool {
 			select {
 			case out <- ai:
 				return true
@@ -245,7 +301,7 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 			}
 		})
 		if err != nil {
-			d.log.Debug("find providers", "cid", c, "err", err)
+			s.log.Debug("find providers", "cid", c, "err", err)
 		}
 	}) {
 		end()
@@ -253,11 +309,11 @@ func (d *DHT) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <-ch
 	return out
 }
 
-func (d *DHT) checkFind(c cid.Cid, count int) ([]byte, error) {
-	if d.own.isClosed() {
+func (s *providerSide) checkFind(c cid.Cid, count int) ([]byte, error) {
+	if s.own.isClosed() {
 		return nil, ErrClosed
 	}
-	if d.ext.providers.store == nil {
+	if s.store == nil {
 		return nil, ErrProvidersDisabled
 	}
 	if count < 0 {
@@ -266,12 +322,12 @@ func (d *DHT) checkFind(c cid.Cid, count int) ([]byte, error) {
 	return providerKey(c)
 }
 
-// findProviders offers each provider of key, once, to emit: first those
+// find offers each provider of key, once, to emit: first those
 // in the local store, then those the peers on the way to key's closest
 // peers list. It stops when count were accepted (count 0: never), when
 // emit refuses one, when the lookup ends, or with ctx. emit is never
-// called concurrently nor after findProviders returns.
-func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit func(context.Context, peer.AddrInfo) bool) error {
+// called concurrently nor after find returns.
+func (s *providerSide) find(ctx context.Context, key []byte, count int, emit func(context.Context, peer.AddrInfo) bool) error {
 	var (
 		mu       sync.Mutex
 		seen     = make(map[peer.ID]bool)
@@ -290,7 +346,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		}
 		seen[ai.ID] = true
 		if len(ai.Addrs) == 0 {
-			ai.Addrs = d.ps.Addrs(ai.ID)
+			ai.Addrs = s.ps.Addrs(ai.ID)
 		}
 		if !emit(ctx, ai) {
 			finished = true
@@ -308,31 +364,31 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 		mu.Unlock()
 	}()
 
-	local, err := d.ext.providers.store.GetProviders(ctx, key)
+	local, err := s.store.GetProviders(ctx, key)
 	if err != nil {
-		d.log.Warn("read local providers", "err", err)
+		s.log.Warn("read local providers", "err", err)
 	}
 	for _, ai := range local {
-		if ai.ID == d.self {
-			ai.Addrs = d.selfAddrs()
+		if ai.ID == s.self {
+			ai.Addrs = s.selfAddrs()
 		}
 		if !offer(ctx, ai) {
 			return nil
 		}
 	}
 
-	_, err = d.q.runOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		resp, err := d.q.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
+	_, err = s.q.runOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		resp, err := s.q.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
 		if err != nil {
 			return nil, false, err
 		}
-		closer := decodePeers(resp.CloserPeers, d.self, maxCloserPeersFactor*d.cfg.table.bucketSize)
-		d.q.learnAddrs(closer)
+		closer := decodePeers(resp.CloserPeers, s.self, maxCloserPeersFactor*s.k)
+		s.q.learnAddrs(closer)
 		provs := decodePeers(resp.ProviderPeers, "", maxProvidersDecoded)
-		d.q.learnAddrs(provs)
+		s.q.learnAddrs(provs)
 		for _, ai := range provs {
-			if ai.ID == d.self {
-				ai.Addrs = d.selfAddrs()
+			if ai.ID == s.self {
+				ai.Addrs = s.selfAddrs()
 			}
 			if !offer(ctx, ai) {
 				return closer, true, nil
@@ -347,7 +403,7 @@ func (d *DHT) findProviders(ctx context.Context, key []byte, count int, emit fun
 // the sender itself with at least one address; others are ignored, since
 // nothing proves a third party provides anything. A request with nothing
 // to store is rejected, as go-libp2p-kad-dht does. No answer is sent.
-func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+func (s *providerSide) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
 	if err := checkProviderKey(req.Key); err != nil {
 		return nil, err
 	}
@@ -356,12 +412,12 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 	for _, e := range req.ProviderPeers {
 		id, err := peer.IDFromBytes(e.ID)
 		if err != nil || id != from {
-			d.log.Debug("ADD_PROVIDER for another peer ignored", "from", from)
+			s.log.Debug("ADD_PROVIDER for another peer ignored", "from", from)
 			continue
 		}
-		addrs := make([]ma.Multiaddr, 0, min(len(e.Addrs), d.cfg.limits.maxAddrsPerPeer))
+		addrs := make([]ma.Multiaddr, 0, min(len(e.Addrs), s.maxAddrs))
 		for _, b := range e.Addrs {
-			if len(addrs) == d.cfg.limits.maxAddrsPerPeer {
+			if len(addrs) == s.maxAddrs {
 				break
 			}
 			a, err := ma.NewMultiaddrBytes(bytes.Clone(b))
@@ -378,9 +434,9 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 		if len(addrs) == 0 {
 			continue
 		}
-		d.ps.AddAddrs(from, addrs, d.cfg.providers.addrTTL)
-		if err := d.ext.providers.store.AddProvider(ctx, key, peer.AddrInfo{ID: from, Addrs: addrs}); err != nil {
-			d.log.Debug("provider not stored", "from", from, "err", err)
+		s.ps.AddAddrs(from, addrs, s.cfg.addrTTL)
+		if err := s.store.AddProvider(ctx, key, peer.AddrInfo{ID: from, Addrs: addrs}); err != nil {
+			s.log.Debug("provider not stored", "from", from, "err", err)
 			continue
 		}
 		stored++
@@ -395,28 +451,28 @@ func (d *DHT) handleAddProvider(ctx context.Context, from peer.ID, req *pb.Messa
 // recently announced first and at most k of them (responses stay small
 // for peers with strict message limits, and each of the k closest peers
 // answers a finder), plus the k closest peers we know.
-func (d *DHT) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+func (s *providerSide) handleGetProviders(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
 	if err := checkProviderKey(req.Key); err != nil {
 		return nil, err
 	}
 	resp := &pb.Message{Type: pb.GetProviders, Key: req.Key, ClusterLevelRaw: req.ClusterLevelRaw}
-	provs, err := d.ext.providers.store.GetProviders(ctx, bytes.Clone(req.Key))
+	provs, err := s.store.GetProviders(ctx, bytes.Clone(req.Key))
 	if err != nil {
-		d.log.Warn("read providers", "err", err)
+		s.log.Warn("read providers", "err", err)
 	}
 	for _, ai := range provs {
-		if len(resp.ProviderPeers) == d.cfg.table.bucketSize {
+		if len(resp.ProviderPeers) == s.k {
 			break
 		}
 		addrs := ai.Addrs
 		switch {
-		case ai.ID == d.self:
-			addrs = d.selfAddrs()
+		case ai.ID == s.self:
+			addrs = s.selfAddrs()
 		case len(addrs) == 0:
-			addrs = d.ps.Addrs(ai.ID)
+			addrs = s.ps.Addrs(ai.ID)
 		}
-		resp.ProviderPeers = append(resp.ProviderPeers, d.entries.encode(ai.ID, addrs))
+		resp.ProviderPeers = append(resp.ProviderPeers, s.encode(ai.ID, addrs))
 	}
-	resp.CloserPeers = d.srv.closerPeers(req.Key, from)
+	resp.CloserPeers = s.closer(req.Key, from)
 	return resp, nil
 }

@@ -46,7 +46,7 @@ const (
 
 // provideRun is one announcement in flight.
 type provideRun struct {
-	d      *DHT
+	s      *providerSide
 	ctx    context.Context // of the sends: outlives Provide's return
 	target kbucket.ID
 	msg    *pb.Message
@@ -70,8 +70,8 @@ type provideRun struct {
 
 // announce sends ADD_PROVIDER for key to the k closest peers, optimistically
 // (see above), and returns once enough were written.
-func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) error {
-	k := d.cfg.table.bucketSize
+func (s *providerSide) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) error {
+	k := s.k
 	// The sends outlive Provide's return, so they run on a context of their
 	// own: cancelled by the caller only until Provide returns, by Close
 	// always.
@@ -79,17 +79,17 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 	unlinkCaller := context.AfterFunc(ctx, cancel)
 	defer unlinkCaller()
 	r := &provideRun{
-		d:         d,
+		s:         s,
 		ctx:       rctx,
 		target:    kbucket.KeyForBytes(key),
-		msg:       d.addProviderMsg(key, addrs),
+		msg:       s.addProviderMsg(key, addrs),
 		k:         k,
-		near:      d.q.kthDistance(k),
+		near:      s.q.kthDistance(k),
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
-	if !d.own.spawn(func() {
-		stopLife := context.AfterFunc(d.ctx, cancel)
+	if !s.own.spawn(func() {
+		stopLife := context.AfterFunc(s.own.ctx, cancel)
 		defer stopLife()
 		defer cancel()
 		r.run(key)
@@ -125,21 +125,21 @@ func (d *DHT) announce(ctx context.Context, key []byte, addrs []ma.Multiaddr) er
 }
 
 // addProviderMsg announces us, at addrs, as a provider of key.
-func (d *DHT) addProviderMsg(key []byte, addrs []ma.Multiaddr) *pb.Message {
-	return &pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{d.entries.encode(d.self, addrs)}}
+func (s *providerSide) addProviderMsg(key []byte, addrs []ma.Multiaddr) *pb.Message {
+	return &pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{s.encode(s.self, addrs)}}
 }
 
 // run drives the lookup, sends to its final k closest and waits for every
 // send; it runs on its own goroutine.
 func (r *provideRun) run(key []byte) {
-	d := r.d
-	for _, p := range d.rt.nearest(r.target, r.k) {
+	s := r.s
+	for _, p := range s.nearest(r.target, r.k) {
 		if r.isNear(p) {
 			r.send(p)
 		}
 	}
-	res, err := d.q.runOpts(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		closer, err := d.q.findNode(ctx, p, key)
+	res, err := s.q.runOpts(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		closer, err := s.q.findNode(ctx, p, key)
 		return closer, false, err
 	}, lookupOpts{hook: r.onProgress})
 	if res != nil && r.ctx.Err() == nil {
@@ -150,7 +150,7 @@ func (r *provideRun) run(key []byte) {
 		}
 	}
 	if err == nil {
-		d.keeper.touchBucket(r.target)
+		s.touch(r.target)
 	}
 	r.mu.Lock()
 	r.done, r.lookupErr = true, err
@@ -160,7 +160,7 @@ func (r *provideRun) run(key []byte) {
 	r.mu.Lock()
 	written, reached := r.written, r.reached
 	r.mu.Unlock()
-	d.log.Debug("provide finished", "key", r.target, "attempted", len(r.attempted), "written", written, "reached", reached, "err", err)
+	s.log.Debug("provide finished", "key", r.target, "attempted", len(r.attempted), "written", written, "reached", reached, "err", err)
 }
 
 // onProgress is the lookup hook: it sends to the peers now likely among
@@ -168,7 +168,7 @@ func (r *provideRun) run(key []byte) {
 func (r *provideRun) onProgress(l *lookup.Lookup) {
 	cands := l.Closest(r.k)
 	if !r.converged {
-		beta := min(r.d.cfg.lookup.resiliency, len(cands))
+		beta := min(r.s.beta, len(cands))
 		conv := beta > 0
 		for _, p := range cands[:beta] {
 			if l.State(p) != lookup.Succeeded {
@@ -203,16 +203,16 @@ func (r *provideRun) send(p peer.ID) {
 	r.pending++
 	r.mu.Unlock()
 	r.sends.Add(1)
-	started := r.d.own.spawn(func() {
+	started := r.s.own.spawn(func() {
 		defer r.sends.Done()
-		_, err := r.d.q.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
+		_, err := r.s.q.sendOneWay(r.ctx, p, []*pb.Message{r.msg}, func() {
 			r.mu.Lock()
 			r.written++
 			r.mu.Unlock()
 			r.poke()
 		})
 		if err != nil {
-			r.d.log.Debug("ADD_PROVIDER not delivered", "peer", p, "err", err)
+			r.s.log.Debug("ADD_PROVIDER not delivered", "peer", p, "err", err)
 		}
 		r.mu.Lock()
 		r.pending--

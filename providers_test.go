@@ -144,7 +144,7 @@ func TestProviders100Nodes(t *testing.T) {
 		got, err = providers[0].FindProviders(ctx, c, 1)
 		require.NoError(t, err)
 		require.Len(t, got, 1)
-		local, err := providers[0].ext.providers.store.GetProviders(ctx, c.Hash())
+		local, err := providers[0].provs.store.GetProviders(ctx, c.Hash())
 		require.NoError(t, err)
 		require.Contains(t, provIDs(local), providers[0].self)
 		require.Equal(t, local[0].ID, got[0].ID)
@@ -288,7 +288,7 @@ func classicProvide(ctx context.Context, d *DHT, c cid.Cid) error {
 	if err != nil {
 		return err
 	}
-	msg := d.addProviderMsg(c.Hash(), d.h.Addrs())
+	msg := d.provs.addProviderMsg(c.Hash(), d.h.Addrs())
 	var wg sync.WaitGroup
 	for _, p := range closest {
 		wg.Add(1)
@@ -305,7 +305,7 @@ func provHolders(ctx context.Context, tn *testNet, c cid.Cid, ids []peer.ID) int
 		if !slices.Contains(ids, d.self) {
 			continue
 		}
-		got, err := d.ext.providers.store.GetProviders(ctx, c.Hash())
+		got, err := d.provs.store.GetProviders(ctx, c.Hash())
 		if err == nil && len(got) > 0 {
 			n++
 		}

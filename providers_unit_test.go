@@ -252,7 +252,7 @@ func TestAddProviderValidation(t *testing.T) {
 			write, waitReset := rawStream(t, attacker, srv)
 			write(tc.msg)
 			waitReset()
-			got, err := srv.ext.providers.store.GetProviders(ctx, key)
+			got, err := srv.provs.store.GetProviders(ctx, key)
 			require.NoError(t, err)
 			require.Empty(t, got)
 		})
@@ -263,10 +263,10 @@ func TestAddProviderValidation(t *testing.T) {
 		// A spoofed entry next to a valid one: only the valid one counts.
 		write(&pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{entry(victim.self, addr), entry(attacker.ID(), addr)}})
 		provWait(t, 5*time.Second, "the valid entry is stored", func() bool {
-			got, _ := srv.ext.providers.store.GetProviders(ctx, key)
+			got, _ := srv.provs.store.GetProviders(ctx, key)
 			return len(got) > 0
 		})
-		got, err := srv.ext.providers.store.GetProviders(ctx, key)
+		got, err := srv.provs.store.GetProviders(ctx, key)
 		require.NoError(t, err)
 		require.Equal(t, []peer.AddrInfo{{ID: attacker.ID(), Addrs: []ma.Multiaddr{addr}}}, got)
 		require.Contains(t, srv.h.Peerstore().Addrs(attacker.ID()), addr, "provider addresses go to the peerstore")
@@ -289,7 +289,7 @@ func TestProvidersPersistAcrossRestart(t *testing.T) {
 	holder, provider := nodes[0], nodes[1]
 	require.NoError(t, provider.Provide(ctx, c, true))
 	provWait(t, 5*time.Second, "the holder stored the record", func() bool {
-		got, _ := holder.ext.providers.store.GetProviders(ctx, c.Hash())
+		got, _ := holder.provs.store.GetProviders(ctx, c.Hash())
 		return len(got) == 1
 	})
 	holderHost := holder.h
@@ -303,7 +303,7 @@ func TestProvidersPersistAcrossRestart(t *testing.T) {
 	restarted, err := New(ctx, holderHost, Mode(ModeServer), Datastore(store))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = restarted.Close() })
-	got, err := restarted.ext.providers.store.GetProviders(ctx, c.Hash())
+	got, err := restarted.provs.store.GetProviders(ctx, c.Hash())
 	require.NoError(t, err)
 	require.Equal(t, []peer.ID{provider.self}, provIDs(got))
 	require.NotEmpty(t, got[0].Addrs)

@@ -49,10 +49,15 @@ type ReprovideStatus struct {
 // fails if the set cannot be written; an announcement that reaches no
 // peer is only logged, since the reprovider will try again.
 func (d *DHT) StartProviding(ctx context.Context, keys ...cid.Cid) error {
-	if !d.cfg.reprovide.enabled {
+	return d.provs.startProviding(ctx, keys...)
+}
+
+// startProviding is StartProviding.
+func (s *providerSide) startProviding(ctx context.Context, keys ...cid.Cid) error {
+	if !s.rcfg.enabled {
 		return ErrReprovideDisabled
 	}
-	if d.own.isClosed() {
+	if s.own.isClosed() {
 		return ErrClosed
 	}
 	pks := make([]provKey, 0, len(keys))
@@ -63,7 +68,7 @@ func (d *DHT) StartProviding(ctx context.Context, keys ...cid.Cid) error {
 		}
 		pks = append(pks, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
 	}
-	b, err := d.ext.ds.Batch(ctx)
+	b, err := s.ds.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("kad: start providing: %w", err)
 	}
@@ -75,11 +80,11 @@ func (d *DHT) StartProviding(ctx context.Context, keys ...cid.Cid) error {
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("kad: start providing: %w", err)
 	}
-	if _, err := d.provideKeys(ctx, pks); err != nil {
+	if _, err := s.provideKeys(ctx, pks); err != nil {
 		if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 			return fmt.Errorf("kad: start providing: %w", err)
 		}
-		d.log.Info("start providing: first announcement failed; the reprovider will retry", "keys", len(pks), "err", err)
+		s.log.Info("start providing: first announcement failed; the reprovider will retry", "keys", len(pks), "err", err)
 	}
 	return nil
 }
@@ -87,10 +92,15 @@ func (d *DHT) StartProviding(ctx context.Context, keys ...cid.Cid) error {
 // StopProviding removes keys from the set the reprovider keeps provided.
 // Records already announced expire on their own (ProvideValidity).
 func (d *DHT) StopProviding(ctx context.Context, keys ...cid.Cid) error {
-	if !d.cfg.reprovide.enabled {
+	return d.provs.stopProviding(ctx, keys...)
+}
+
+// stopProviding is StopProviding.
+func (s *providerSide) stopProviding(ctx context.Context, keys ...cid.Cid) error {
+	if !s.rcfg.enabled {
 		return ErrReprovideDisabled
 	}
-	b, err := d.ext.ds.Batch(ctx)
+	b, err := s.ds.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("kad: stop providing: %w", err)
 	}
@@ -113,20 +123,20 @@ func reprovideDSKey(pk provKey) ds.Key {
 	return ds.NewKey(fmt.Sprintf("%s/%02x/%s", reprovideKeysPrefix, pk.pos[0], hex.EncodeToString(pk.mh)))
 }
 
-// startReprovider starts the reprovider loop, owned by d.wg, if enabled.
-func (d *DHT) startReprovider() {
-	rc := d.cfg.reprovide
+// startReprovider starts the reprovider loop, owned by s.own, if enabled.
+func (s *providerSide) startReprovider() {
+	rc := s.rcfg
 	if !rc.enabled {
 		return
 	}
 	r := &reprovider{
-		ds:       d.ext.ds,
+		ds:       s.ds,
 		sched:    reprovide.Schedule{Interval: rc.interval, Bits: rc.bits},
-		provide:  d.provideKeys,
+		provide:  s.provideKeys,
 		progress: rc.progress,
-		log:      d.log,
+		log:      s.log,
 	}
-	d.own.spawn(func() { r.run(d.ctx) })
+	s.own.spawn(func() { r.run(s.own.ctx) })
 }
 
 // reprovider walks the regions of the keyspace on schedule. It touches
