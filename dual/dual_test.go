@@ -79,16 +79,11 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// waitFor polls cond every 20 ms until it holds or d passes.
+// waitFor polls cond every 20 ms until it holds or d passes: these
+// tests run real loopback hosts, so the wait is in real time.
 func waitFor(t *testing.T, d time.Duration, msg string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", d, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	require.Eventually(t, cond, d, 20*time.Millisecond, msg)
 }
 
 func info(h host.Host) peer.AddrInfo { return peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()} }
