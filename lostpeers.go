@@ -101,7 +101,16 @@ func (l *lostPeers) pop(now time.Time) (peer.ID, bool) {
 // connection to it is left. It runs in the swarm's notification path, so
 // it must not block.
 func (d *DHT) peerDisconnected(n network.Network, p peer.ID) {
-	if d.own.isClosed() || n.Connectedness(p) == network.Connected || !d.rt.Find(p) {
+	if n.Connectedness(p) == network.Connected {
+		return
+	}
+	d.connectionLost(p)
+}
+
+// connectionLost queues a check of p, whose last connection just closed,
+// if it is a table peer. A simulated network calls it directly.
+func (d *DHT) connectionLost(p peer.ID) {
+	if d.own.isClosed() || !d.rt.Find(p) {
 		return
 	}
 	if d.lost.push(p, time.Now()) && !d.own.spawn(d.checkLostPeers) {
