@@ -78,6 +78,7 @@ type DHT struct {
 	ps     peerstore.Peerstore // addresses and protocols of other peers
 	// selfAddrs returns the addresses we are reached at.
 	selfAddrs func() []ma.Multiaddr
+	closeEnv  func() error // nodeEnv.close
 
 	ctx context.Context // lifetime, cancelled by Close (own.ctx)
 	own *owner          // every goroutine the DHT starts
@@ -160,6 +161,10 @@ type nodeEnv struct {
 	msgr      messenger
 	ps        peerstore.Peerstore
 	selfAddrs func() []ma.Multiaddr
+	// close, if not nil, runs last in Close: it releases what the
+	// environment keeps for the node alone (a simulated node's own
+	// peerstore). newNode does not run it when it fails.
+	close func() error
 }
 
 // newNode builds a node on env from a validated config and starts its
@@ -176,6 +181,7 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		msgr:      env.msgr,
 		ps:        env.ps,
 		selfAddrs: env.selfAddrs,
+		closeEnv:  env.close,
 		ctx:       own.ctx,
 		own:       own,
 	}
@@ -272,7 +278,11 @@ func (d *DHT) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		saveErr := d.keeper.saveTable(ctx)
 		cancel()
-		d.closeErr = errors.Join(saveErr, d.closeExt(), d.tel.close())
+		var envErr error
+		if d.closeEnv != nil {
+			envErr = d.closeEnv()
+		}
+		d.closeErr = errors.Join(saveErr, d.closeExt(), d.tel.close(), envErr)
 	})
 	return d.closeErr
 }
