@@ -125,6 +125,27 @@ type telemetryConfig struct {
 	tracerProvider trace.TracerProvider
 }
 
+// buildConfig applies opts over the defaults and validates the result;
+// the logger defaults to slog.Default().
+func buildConfig(opts []Option) (config, error) {
+	cfg := defaults()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return config{}, err
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return config{}, err
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	return cfg, nil
+}
+
 func defaults() config {
 	return config{
 		node: nodeConfig{

@@ -115,20 +115,9 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 	if h == nil {
 		return nil, fmt.Errorf("%w: nil host", ErrInvalidOption)
 	}
-	cfg := defaults()
-	for _, o := range opts {
-		if o == nil {
-			continue
-		}
-		if err := o(&cfg); err != nil {
-			return nil, err
-		}
-	}
-	if err := cfg.validate(); err != nil {
+	cfg, err := buildConfig(opts)
+	if err != nil {
 		return nil, err
-	}
-	if cfg.logger == nil {
-		cfg.logger = slog.Default()
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("kad: new: %w", err)

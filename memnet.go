@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -135,20 +134,9 @@ func (n *memNetwork) addNode(opts ...Option) (*DHT, error) {
 
 // start runs a node with identity key at addr.
 func (n *memNetwork) start(key crypto.PrivKey, addr ma.Multiaddr, opts []Option) (*DHT, error) {
-	cfg := defaults()
-	for _, o := range opts {
-		if o == nil {
-			continue
-		}
-		if err := o(&cfg); err != nil {
-			return nil, err
-		}
-	}
-	if err := cfg.validate(); err != nil {
+	cfg, err := buildConfig(opts)
+	if err != nil {
 		return nil, err
-	}
-	if cfg.logger == nil {
-		cfg.logger = slog.Default()
 	}
 	id, err := peer.IDFromPrivateKey(key)
 	if err != nil {
