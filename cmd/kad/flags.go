@@ -33,6 +33,8 @@ type commonFlags struct {
 	timeout   time.Duration
 	provide   stringList // serve
 	count     int        // findprovs
+
+	metricsAddr string // serve: where to serve Prometheus metrics
 }
 
 // stringList is a repeatable flag; each use may also hold a
