@@ -34,7 +34,8 @@ type commonFlags struct {
 	provide   stringList // serve
 	count     int        // findprovs
 
-	metricsAddr string // serve: where to serve Prometheus metrics
+	// serve: where to serve Prometheus metrics and the status page.
+	metricsAddr, httpAddr string
 }
 
 // stringList is a repeatable flag; each use may also hold a

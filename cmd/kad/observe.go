@@ -16,24 +16,26 @@ import (
 	"github.com/kadlib/kad"
 )
 
-// observer is what serve runs for --metrics: one OpenTelemetry
+// observer is what serve runs for --metrics and --http: one OpenTelemetry
 // MeterProvider the DHT records into, read by a Prometheus exporter
-// (/metrics), and the HTTP server.
+// (/metrics) and by the status page (request counts by type), and the
+// HTTP servers.
 type observer struct {
 	mp      *sdkmetric.MeterProvider
-	reg     *prometheus.Registry // for /metrics; nil without --metrics
+	reader  *sdkmetric.ManualReader // for the status page; nil without --http
+	reg     *prometheus.Registry    // for /metrics; nil without --metrics
 	started time.Time
 
-	metricsLn net.Listener
-	servers   []*http.Server
-	done      chan error // one result per server
+	metricsLn, httpLn net.Listener
+	servers           []*http.Server
+	done              chan error // one result per server
 }
 
-// newObserver binds the --metrics address (so a busy port fails serve
-// before the node starts) and makes the MeterProvider. It returns nil
-// without --metrics.
+// newObserver binds the --metrics and --http addresses (so a busy port
+// fails serve before the node starts) and makes the MeterProvider. It
+// returns nil when neither flag is set.
 func newObserver(f *commonFlags) (_ *observer, err error) {
-	if f.metricsAddr == "" {
+	if f.metricsAddr == "" && f.httpAddr == "" {
 		return nil, nil
 	}
 	o := &observer{started: time.Now()}
@@ -54,12 +56,19 @@ func newObserver(f *commonFlags) (_ *observer, err error) {
 		}
 		readers = append(readers, sdkmetric.WithReader(exp))
 	}
+	if f.httpAddr != "" {
+		if o.httpLn, err = net.Listen("tcp", f.httpAddr); err != nil {
+			return nil, fmt.Errorf("--http: %w", err)
+		}
+		o.reader = sdkmetric.NewManualReader()
+		readers = append(readers, sdkmetric.WithReader(o.reader))
+	}
 	o.mp = sdkmetric.NewMeterProvider(readers...)
 	return o, nil
 }
 
 func (o *observer) closeListeners() {
-	for _, l := range []net.Listener{o.metricsLn} {
+	for _, l := range []net.Listener{o.metricsLn, o.httpLn} {
 		if l != nil {
 			_ = l.Close()
 		}
@@ -74,8 +83,8 @@ func (o *observer) options() []kad.Option {
 	return []kad.Option{kad.MeterProvider(o.mp)}
 }
 
-// start serves /metrics and prints where.
-func (o *observer) start(_ *node, out *printer) {
+// start serves /metrics and the status page of n, and prints where.
+func (o *observer) start(n *node, out *printer) {
 	if o == nil {
 		return
 	}
@@ -98,9 +107,14 @@ func (o *observer) start(_ *node, out *printer) {
 		url := "http://" + o.metricsLn.Addr().String() + "/metrics"
 		out.event("metrics", "metrics: "+url, map[string]any{"url": url})
 	}
+	if o.httpLn != nil {
+		serveOn(o.httpLn, newStatusHandler(n, o))
+		url := "http://" + o.httpLn.Addr().String() + "/"
+		out.event("http", "status page: "+url, map[string]any{"url": url})
+	}
 }
 
-// Close stops the HTTP server, waiting up to a few seconds for requests
+// Close stops the HTTP servers, waiting up to a few seconds for requests
 // in progress, and the MeterProvider. Call it before closing the node.
 func (o *observer) Close() error {
 	if o == nil {
