@@ -197,7 +197,7 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		nearest: d.rt.nearest, onAnswer: tk.admit, onFailure: tk.noteFailure, touch: tk.touchBucket,
 	}
 	tk.q = d.q
-	tel, err := newTelemetry(cfg.telemetry.meterProvider, cfg.telemetry.tracerProvider, d.rt.Size)
+	tel, err := newTelemetry(cfg.telemetry.meterProvider, cfg.telemetry.tracerProvider)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("kad: telemetry: %w", err)
@@ -229,6 +229,10 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 	if d.provs.enabled() {
 		d.srv.handle(pb.AddProvider, d.provs.handleAddProvider)
 		d.srv.handle(pb.GetProviders, d.provs.handleGetProviders)
+	}
+	if err := tel.watch(gaugeSources{tableSize: d.rt.Size, storeCounts: d.StoreCounts, networkSize: d.NetworkSizeEstimate}); err != nil {
+		cancel()
+		return nil, errors.Join(fmt.Errorf("kad: telemetry: %w", err), d.closeExt(), d.tel.close())
 	}
 	own.spawn(tk.maintain)
 	d.startExt()

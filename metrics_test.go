@@ -45,7 +45,8 @@ func TestMetricsExported(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{"kad.outbound.requests", "kad.outbound.latency", "kad.lookups", "kad.lookup.hops", "kad.lookup.requests", "kad.routing_table.size"} {
+	for _, name := range []string{"kad.outbound.requests", "kad.outbound.latency", "kad.lookups", "kad.lookup.hops", "kad.lookup.requests", "kad.lookup.duration",
+		"kad.routing_table.size", "kad.records.stored", "kad.provider_records.stored", "kad.network.size_estimate"} {
 		require.True(t, got[name], "metric %s exported", name)
 	}
 }

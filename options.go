@@ -206,7 +206,10 @@ func Logger(l *slog.Logger) Option {
 }
 
 // MeterProvider sets where OpenTelemetry metrics go: requests in and out
-// by type, errors, request latency, table size, lookups and their hops.
+// by type, errors, request latency, lookups (hops, requests, duration),
+// and gauges of the table size, the records and provider records stored
+// and the network size estimate. Collecting the gauges counts the stored
+// records (DHT.StoreCounts), a keys-only pass over the datastore.
 // Default otel.GetMeterProvider(), a no-op unless the application
 // installs one.
 func MeterProvider(mp metric.MeterProvider) Option {

@@ -96,7 +96,7 @@ type lookupOpts struct {
 type lookupHook func(l *lookup.Lookup)
 
 // runOpts is run with options.
-func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, o lookupOpts) (*lookupResult, error) {
+func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, o lookupOpts) (_ *lookupResult, err error) {
 	hook := o.hook
 	if q.own.isClosed() {
 		return nil, ErrClosed
@@ -116,6 +116,7 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 		Near: q.near(k, o.stopsEarly),
 	})
 	q.tel.stats.lookups.Add(1)
+	start := time.Now()
 	// Near requests can take the requests in flight up to max(alpha, k).
 	replies := make(chan queryReply, max(q.cfg.concurrency, k))
 	res := &lookupResult{}
@@ -125,7 +126,7 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 		res.stats = st
 		q.tel.stats.lookupRequests.Add(int64(st.Requests))
 		q.tel.stats.lookupHops.Add(int64(st.Hops))
-		q.tel.observeLookup(st.Hops, st.Requests)
+		q.tel.observeLookup(target, start, st.Hops, st.Requests, err)
 	}()
 	for {
 		send, done := l.Next()

@@ -33,6 +33,9 @@ type commonFlags struct {
 	timeout   time.Duration
 	provide   stringList // serve
 	count     int        // findprovs
+
+	// serve: where to serve Prometheus metrics and the status page.
+	metricsAddr, httpAddr string
 }
 
 // stringList is a repeatable flag; each use may also hold a

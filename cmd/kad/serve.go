@@ -47,9 +47,21 @@ it knew. Only one process can use a directory at a time.
 --provide <cid> announces that this node provides the content <cid>
 (repeatable), now and every 22 hours, so provider records keep pointing at
 a node that stays up. The node does not hold or serve the content itself:
-run your application on the same host, or use kad as a library.`,
+run your application on the same host, or use kad as a library.
+
+--metrics <host:port> serves the node's metrics in the Prometheus text
+format at http://<host:port>/metrics: requests in and out by type, errors,
+latency, lookups, the table size, the records stored and the estimated
+network size. --http <host:port> serves a status page at
+http://<host:port>/ that shows the routing table by bucket, the stored
+records, the recent lookups and the request rates, refreshed every two
+seconds (its data is at /api/status, as JSON). Neither has
+authentication: bind them to 127.0.0.1 or a private address. Port 0
+picks a free port; serve prints the address.`,
 		setup: func(f *commonFlags) {
 			f.fs.Var(&f.provide, "provide", "`cid` to announce as provided by this node, now and every 22 h; repeatable")
+			f.fs.StringVar(&f.metricsAddr, "metrics", "", "serve Prometheus metrics at http://`host:port`/metrics (e.g. 127.0.0.1:9464)")
+			f.fs.StringVar(&f.httpAddr, "http", "", "serve a status page at http://`host:port`/ (e.g. 127.0.0.1:8080)")
 		},
 		run: serve,
 	})
@@ -71,13 +83,19 @@ func serve(ctx context.Context, e *env, _ []string) (err error) {
 	if err := checkPorts(f.listen, defaultServeListen); err != nil {
 		return err
 	}
-	n, err := startNode(ctx, f, kad.ModeServer, defaultServeListen, e.stderr)
+	obs, err := newObserver(f)
 	if err != nil {
 		return err
+	}
+	n, err := startNode(ctx, f, kad.ModeServer, defaultServeListen, e.stderr, obs.options()...)
+	if err != nil {
+		return errors.Join(err, obs.Close())
 	}
 	defer func() { err = errors.Join(err, n.Close()) }()
 	out := &printer{w: e.stdout, json: f.json}
 	out.ready(n, f.data)
+	obs.start(n, out)
+	defer func() { err = errors.Join(err, obs.Close()) }()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
