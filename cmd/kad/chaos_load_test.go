@@ -79,12 +79,16 @@ func (r *chaosRun) work(ctx context.Context, w int, a actor, rng *rand.Rand) {
 				r.mu.Unlock()
 			}
 		case p < 85:
-			pr, ok := r.pickProvider(rng)
-			if !ok {
+			pr, found := r.pickProvider(rng)
+			if !found {
 				break
 			}
 			got, err := a.findProvs(opCtx, pr.c)
-			r.count("FindProviders", a, err == nil && slices.Contains(got, pr.provider))
+			ok := err == nil && slices.Contains(got, pr.provider)
+			r.count("FindProviders", a, ok)
+			if pr.source == procName {
+				r.tally("FindProviders of kad provide's records", ok)
+			}
 		default:
 			var up []*chaosServer
 			for _, s := range r.servers {

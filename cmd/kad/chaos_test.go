@@ -144,21 +144,23 @@ type lostRecord struct {
 
 // count tallies one operation, in all and by the kad processes.
 func (r *chaosRun) count(op string, a actor, ok bool) {
+	r.tally(op, ok)
+	if a.name() == procName {
+		r.tally(op+" by "+procName, ok)
+	}
+}
+
+func (r *chaosRun) tally(name string, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, name := range []string{op, op + " by " + a.name()} {
-		if name != op && a.name() != procName {
-			continue
-		}
-		c := r.ops[name]
-		if c == nil {
-			c = new([2]int)
-			r.ops[name] = c
-		}
-		c[0]++
-		if ok {
-			c[1]++
-		}
+	c := r.ops[name]
+	if c == nil {
+		c = new([2]int)
+		r.ops[name] = c
+	}
+	c[0]++
+	if ok {
+		c[1]++
 	}
 }
 
