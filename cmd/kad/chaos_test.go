@@ -310,10 +310,12 @@ func (r *chaosRun) chaos(ctx context.Context) {
 		} else {
 			a = &procActor{r: r, rng: rand.New(rand.NewPCG(chaosSeed, 99))}
 		}
+		r.mu.Lock()
 		for j := range chaosKeys {
 			key := fmt.Sprintf("/%s/chaos-w%d-%d", cliNamespace, w, j)
 			r.keys[key] = &keyState{attempted: -1, confirmed: -1, holders: holdersOf([]byte(key))}
 		}
+		r.mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
