@@ -31,6 +31,7 @@ type commonFlags struct {
 	json      bool
 	verbose   bool
 	timeout   time.Duration
+	k         int        // --bucket-size
 	provide   stringList // serve
 	count     int        // findprovs
 
@@ -61,6 +62,7 @@ func newFlags(c *command) *commonFlags {
 	f.fs.StringVar(&f.data, "data", "", "`dir`ectory for the identity key (identity.key) and the datastore")
 	f.fs.BoolVar(&f.json, "json", false, "print results as JSON")
 	f.fs.BoolVar(&f.verbose, "v", false, "log the DHT's debug messages to stderr")
+	f.fs.IntVar(&f.k, "bucket-size", 20, "k: the routing table's bucket size, how many peers a lookup returns and how many store each record; use the same on every node of a network")
 	if c.name == "serve" {
 		f.fs.Var(&f.listen, "listen", "`multiaddr` to listen on; repeatable (default /ip4/0.0.0.0/tcp/4001)")
 	} else {

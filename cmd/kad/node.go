@@ -53,6 +53,9 @@ func startNode(ctx context.Context, f *commonFlags, m kad.ModeOpt, defaultListen
 	if err := checkPrefix(f.prefix); err != nil {
 		return nil, err
 	}
+	if f.k < 1 {
+		return nil, usagef("--bucket-size %d: must be at least 1", f.k)
+	}
 	listen := []string(f.listen)
 	if len(listen) == 0 {
 		listen = []string{defaultListen}
@@ -93,6 +96,7 @@ func startNode(ctx context.Context, f *commonFlags, m kad.ModeOpt, defaultListen
 	opts := []kad.Option{
 		kad.ProtocolPrefix(protocol.ID(f.prefix)),
 		kad.Mode(m),
+		kad.BucketSize(f.k),
 		kad.BootstrapPeers(boot...),
 		kad.NamespacedValidator(cliNamespace, cliValidator{}),
 		kad.Logger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))),
