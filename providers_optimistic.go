@@ -3,6 +3,7 @@ package kad
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -84,7 +85,7 @@ func (s *providerSide) announce(ctx context.Context, key []byte, addrs []ma.Mult
 		target:    kbucket.KeyForBytes(key),
 		msg:       s.addProviderMsg(key, addrs),
 		k:         k,
-		near:      s.q.kthDistance(k),
+		near:      optimisticNear(s.q.kthDistance(k)),
 		attempted: make(map[peer.ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
@@ -122,6 +123,19 @@ func (s *providerSide) announce(ctx context.Context, key []byte, addrs []ma.Mult
 			return fmt.Errorf("%w (%d sends written)", ctx.Err(), written)
 		}
 	}
+}
+
+// optimisticNear is the distance within which a provide sends to a peer
+// before its lookup ends: the estimated distance to a key's k-th closest
+// peer. With fewer than k peers known there is no estimate (+Inf), and
+// every peer would count as near, so the first peers met, wherever they
+// are, would take the sends Provide waits for: then nothing is sent
+// early, and the sends go to the closest peers the lookup finds.
+func optimisticNear(kth float64) float64 {
+	if math.IsInf(kth, 1) {
+		return 0
+	}
+	return kth
 }
 
 // addProviderMsg announces us, at addrs, as a provider of key.
