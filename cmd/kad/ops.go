@@ -212,7 +212,11 @@ func provide(ctx context.Context, e *env, args []string) error {
 		return usagef("%q is not a CID: %v", args[0], err)
 	}
 	return withClient(ctx, e, func(ctx context.Context, n *node) error {
-		if err := n.d.Provide(ctx, c, true); err != nil {
+		// Provide returns once most of the k closest peers have the
+		// record and finishes the rest in the background, which a client
+		// about to exit would cut off: ProvideMany returns only when
+		// every send is done.
+		if err := n.d.ProvideMany(ctx, []cid.Cid{c}); err != nil {
 			return err
 		}
 		if e.flags.data == "" && !e.flags.json {
