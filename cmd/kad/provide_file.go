@@ -117,7 +117,8 @@ func readCIDs(e *env, file string) ([]cid.Cid, error) {
 // the regions so far, the rate and the time left. Off a terminal it draws
 // nothing.
 type provideBar struct {
-	bar *progressbar.ProgressBar // nil: not a terminal
+	bar   *progressbar.ProgressBar // nil: not a terminal
+	total int
 }
 
 func newProvideBar(w io.Writer, total int) *provideBar {
@@ -125,7 +126,7 @@ func newProvideBar(w io.Writer, total int) *provideBar {
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return &provideBar{}
 	}
-	return &provideBar{bar: progressbar.NewOptions(total,
+	return &provideBar{total: total, bar: progressbar.NewOptions(total,
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription("placing keys"),
 		progressbar.OptionShowCount(),
@@ -145,8 +146,8 @@ func (b *provideBar) update(p kad.ProvideProgress) {
 		return
 	}
 	desc := fmt.Sprintf("%d %s", p.Report.Lookups, plural(p.Report.Lookups, "region"))
-	if p.Placed == p.Report.Keys {
-		desc += ", sending"
+	if p.Placed >= b.total {
+		desc += ", sending" // every key placed: only sends are left
 	}
 	b.bar.Describe(desc)
 	_ = b.bar.Set(p.Placed)
