@@ -508,3 +508,28 @@ func OnValue(f func(from peer.ID, value []byte)) routing.Option {
 		return nil
 	}
 }
+
+// Per-call option of ProvideManyReport and ProvideManyChan.
+
+type provideProgressKey struct{}
+
+// ProvideManyProgress makes ProvideManyReport and ProvideManyChan call f
+// as the work advances: when keys are taken in, when a region's keys are
+// placed (its lookup done, their records queued to its peers) or given
+// up on, and when a batch of records has been written to a peer. Each
+// call carries the totals so far; calls come one at a time, from the
+// call's goroutines, so f must return quickly and must not call the DHT.
+// It is what a progress bar needs (keys placed out of keys taken, regions,
+// rate). Default: none.
+func ProvideManyProgress(f func(ProvideProgress)) routing.Option {
+	return func(o *routing.Options) error {
+		if f == nil {
+			return fmt.Errorf("%w: nil ProvideManyProgress func", ErrInvalidOption)
+		}
+		if o.Other == nil {
+			o.Other = make(map[any]any)
+		}
+		o.Other[provideProgressKey{}] = f
+		return nil
+	}
+}

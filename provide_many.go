@@ -10,6 +10,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
 	ma "github.com/multiformats/go-multiaddr"
 	"golang.org/x/sync/errgroup"
 
@@ -62,6 +63,50 @@ func (r *ProvideReport) add(o ProvideReport) {
 	r.KeysMissed += o.KeysMissed
 }
 
+// ProvideProgress is how far a ProvideManyReport or ProvideManyChan has
+// come, as given to a ProvideManyProgress func.
+type ProvideProgress struct {
+	// Placed is how many of Report.Keys have their region found and
+	// their records queued to its peers, or were given up on (counted in
+	// Report.KeysMissed). When Placed reaches Report.Keys only sends are
+	// left; ProvideManyChan takes in more keys batch by batch, so there
+	// Report.Keys grows too.
+	Placed int
+	// Report holds the totals so far.
+	Report ProvideReport
+}
+
+// provideProgress adds up ProvideProgress and calls f with each change,
+// one call at a time. A nil *provideProgress does nothing.
+type provideProgress struct {
+	f   func(ProvideProgress)
+	mu  sync.Mutex
+	cur ProvideProgress
+}
+
+func newProvideProgress(opts []routing.Option) (*provideProgress, error) {
+	var o routing.Options
+	if err := o.Apply(opts...); err != nil {
+		return nil, fmt.Errorf("kad: provide many: %w", err)
+	}
+	f, _ := o.Other[provideProgressKey{}].(func(ProvideProgress))
+	if f == nil {
+		return nil, nil
+	}
+	return &provideProgress{f: f}, nil
+}
+
+func (p *provideProgress) add(placed int, rep ProvideReport) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cur.Placed += placed
+	p.cur.Report.add(rep)
+	p.f(p.cur)
+}
+
 // provKey is a provider key with its keyspace position.
 type provKey struct {
 	mh  []byte
@@ -81,12 +126,17 @@ func (d *DHT) ProvideMany(ctx context.Context, keys []cid.Cid) error {
 
 // ProvideManyReport is ProvideMany, returning what it did: how many
 // lookups it needed and how many messages it sent.
-func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid) (ProvideReport, error) {
-	return d.provs.provideMany(ctx, keys)
+// Option: ProvideManyProgress.
+func (d *DHT) ProvideManyReport(ctx context.Context, keys []cid.Cid, opts ...routing.Option) (ProvideReport, error) {
+	prog, err := newProvideProgress(opts)
+	if err != nil {
+		return ProvideReport{}, err
+	}
+	return d.provs.provideMany(ctx, keys, prog)
 }
 
 // provideMany is ProvideManyReport.
-func (s *providerSide) provideMany(ctx context.Context, keys []cid.Cid) (ProvideReport, error) {
+func (s *providerSide) provideMany(ctx context.Context, keys []cid.Cid, prog *provideProgress) (ProvideReport, error) {
 	pks := make([]provKey, 0, len(keys))
 	for _, c := range keys {
 		mh, err := providerKey(c)
@@ -95,7 +145,7 @@ func (s *providerSide) provideMany(ctx context.Context, keys []cid.Cid) (Provide
 		}
 		pks = append(pks, provKey{mh: mh, pos: kbucket.KeyForBytes(mh)})
 	}
-	return s.provideKeys(ctx, pks)
+	return s.provideKeys(ctx, pks, prog)
 }
 
 // ProvideManyChan is ProvideMany for sets too large to hold at once: it
@@ -103,13 +153,18 @@ func (s *providerSide) provideMany(ctx context.Context, keys []cid.Cid) (Provide
 // placed as by ProvideMany. An invalid CID is skipped and logged. It fails
 // if ctx ends or the DHT closes before the channel does (the keys of the
 // unfinished batch are dropped), or if no announcement of any batch
-// reached a peer; the report covers the batches done.
-func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid) (ProvideReport, error) {
-	return d.provs.provideManyChan(ctx, keys)
+// reached a peer; the report covers the batches done. Option:
+// ProvideManyProgress.
+func (d *DHT) ProvideManyChan(ctx context.Context, keys <-chan cid.Cid, opts ...routing.Option) (ProvideReport, error) {
+	prog, err := newProvideProgress(opts)
+	if err != nil {
+		return ProvideReport{}, err
+	}
+	return d.provs.provideManyChan(ctx, keys, prog)
 }
 
 // provideManyChan is ProvideManyChan.
-func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid) (ProvideReport, error) {
+func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid, prog *provideProgress) (ProvideReport, error) {
 	var total ProvideReport
 	var lastErr error
 	batch := make([]provKey, 0, 1024)
@@ -117,7 +172,7 @@ func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid)
 		if len(batch) == 0 {
 			return
 		}
-		rep, err := s.provideKeys(ctx, batch)
+		rep, err := s.provideKeys(ctx, batch, prog)
 		total.add(rep)
 		if err != nil {
 			lastErr = err
@@ -151,8 +206,9 @@ func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid)
 	}
 }
 
-// provideKeys stores keys locally and announces them region by region.
-func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (ProvideReport, error) {
+// provideKeys stores keys locally and announces them region by region,
+// telling prog (which may be nil) how it goes.
+func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *provideProgress) (ProvideReport, error) {
 	var rep ProvideReport
 	if s.own.isClosed() {
 		return rep, ErrClosed
@@ -167,6 +223,7 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (Provide
 	if len(keys) == 0 {
 		return rep, nil
 	}
+	prog.add(0, ProvideReport{Keys: len(keys)})
 	addrs := s.selfAddrs()
 	self := peer.AddrInfo{ID: s.self, Addrs: addrs}
 	for _, k := range keys {
@@ -185,6 +242,7 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (Provide
 
 	w := &provideWalk{
 		s:     s,
+		prog:  prog,
 		addrs: addrs,
 		known: newKnownPeers(s.tablePeers()),
 	}
@@ -206,6 +264,7 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (Provide
 			w.mu.Lock()
 			w.rep.KeysMissed += hi - lo
 			w.mu.Unlock()
+			prog.add(hi-lo, ProvideReport{KeysMissed: hi - lo})
 		}
 	}
 	walkers.Wait()
@@ -231,6 +290,7 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey) (Provide
 // provideWalk is the state the runs of one provideKeys share.
 type provideWalk struct {
 	s     *providerSide
+	prog  *provideProgress // nil: nobody asked
 	addrs []ma.Multiaddr
 	known *knownPeers
 	// sends runs the batch sends, provideManySends at a time. A plain
@@ -277,6 +337,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 			w.lookupErr = err
 			w.rep.KeysMissed += missed
 			w.mu.Unlock()
+			w.prog.add(missed, ProvideReport{Lookups: 1, KeysMissed: missed})
 			if stop {
 				return
 			}
@@ -291,6 +352,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 		}
 		batch := keys[i:j]
 		i = j
+		w.prog.add(len(batch), ProvideReport{Lookups: 1})
 		msgs := make([]*pb.Message, len(batch))
 		for n, pk := range batch {
 			msgs[n] = s.addProviderMsg(pk.mh, w.addrs)
@@ -318,6 +380,7 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 						w.reached += n
 					}
 					w.mu.Unlock()
+					w.prog.add(0, ProvideReport{Messages: n, Streams: 1})
 					if err != nil {
 						s.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
 					}

@@ -80,7 +80,7 @@ func (s *providerSide) startProviding(ctx context.Context, keys ...cid.Cid) erro
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("kad: start providing: %w", err)
 	}
-	if _, err := s.provideKeys(ctx, pks); err != nil {
+	if _, err := s.provideKeys(ctx, pks, nil); err != nil {
 		if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 			return fmt.Errorf("kad: start providing: %w", err)
 		}
@@ -132,7 +132,7 @@ func (s *providerSide) startReprovider() {
 	r := &reprovider{
 		ds:       s.ds,
 		sched:    reprovide.Schedule{Interval: rc.interval, Bits: rc.bits},
-		provide:  s.provideKeys,
+		provide:  func(ctx context.Context, keys []provKey) (ProvideReport, error) { return s.provideKeys(ctx, keys, nil) },
 		progress: rc.progress,
 		log:      s.log,
 	}

@@ -3,7 +3,8 @@
 //	kad serve --data <dir> [--listen <multiaddr>]... [--bootstrap <multiaddr>]... [--prefix /myapp] [--provide <cid>]...
 //	kad put <name> <value|->
 //	kad get <name>
-//	kad provide <cid>
+//	kad provide <cid> | --file <file|->
+//	kad crawl
 //	kad findprovs <cid>
 //	kad findpeer <peer-id>
 //	kad closest <key|peer-id>
@@ -65,7 +66,7 @@ type env struct {
 type command struct {
 	name    string
 	args    string // positional arguments, for usage
-	nargs   int    // exact number of positional arguments
+	nargs   int    // exact number of positional arguments; -1: run checks them
 	summary string
 	help    string               // the long help, after the usage line
 	setup   func(f *commonFlags) // registers command-specific flags
@@ -114,7 +115,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		printCommandUsage(stdout, c)
 		return exitOK
 	}
-	if err == nil && len(pos) != c.nargs {
+	if err == nil && c.nargs >= 0 && len(pos) != c.nargs {
 		err = usagef("want %s, got %d argument(s)", argsOrNone(c.args), len(pos))
 	}
 	if err != nil {

@@ -55,10 +55,17 @@ also when it was written).
 			run: get,
 		},
 		&command{
-			name: "provide", args: "<cid>", nargs: 1,
+			name: "provide", args: "<cid> | --file <f>", nargs: -1,
 			summary: "announce this client as a provider of <cid>",
 			help: `
 Announces to the k peers closest to <cid> that this node provides it.
+
+With --file, announces every CID listed in <file> (or standard input,
+for "-"), one per line; blank lines and lines starting with # are
+skipped. The keys are announced together (ProvideMany): one lookup per
+region of the keyspace rather than per key. A progress bar on stderr (on
+a terminal) shows the keys placed, the regions, the rate and the time
+left; then a summary is printed (--json: the ProvideReport).
 ` + clientHelp + `
 
 The provider record names this client, which exits right after: finders
@@ -67,6 +74,9 @@ announce content a long-running node holds, give the CIDs to that node:
 kad serve --provide <cid>, or Provide in your application. With --data
 the record names the identity kept in <dir>, so a kad serve started later
 on that directory is the provider (its addresses are found by findpeer).`,
+			setup: func(f *commonFlags) {
+				f.fs.String("file", "", "announce the CIDs listed in `file`, one per line (\"-\": standard input)")
+			},
 			run: provide,
 		},
 		&command{
@@ -207,6 +217,15 @@ func get(ctx context.Context, e *env, args []string) error {
 }
 
 func provide(ctx context.Context, e *env, args []string) error {
+	if file := e.flags.fs.Lookup("file").Value.String(); file != "" {
+		if len(args) != 0 {
+			return usagef("give either <cid> or --file, not both")
+		}
+		return provideFile(ctx, e, file)
+	}
+	if len(args) != 1 {
+		return usagef("want <cid> or --file <file>, got %d argument(s)", len(args))
+	}
 	c, err := cid.Decode(args[0])
 	if err != nil {
 		return usagef("%q is not a CID: %v", args[0], err)
