@@ -46,7 +46,7 @@ func TestFindProvidersAsyncNoLeak(t *testing.T) {
 		providers = append(providers, d)
 	}
 	from := provPick(tn, r, providers...)
-	provWait(t, 10*time.Second, "every provider is found", func() bool {
+	waitFor(t, 10*time.Second, "every provider is found", func() bool {
 		got, err := from.FindProviders(ctx, c, 0)
 		return err == nil && len(got) == len(providers)
 	})

@@ -118,7 +118,7 @@ func TestProviders100Nodes(t *testing.T) {
 			want = append(want, d.self)
 		}
 		from := provPick(tn, r, providers...)
-		provWait(t, 10*time.Second, "every provider is found", func() bool {
+		waitFor(t, 10*time.Second, "every provider is found", func() bool {
 			got, err := from.FindProviders(ctx, c, 0)
 			return err == nil && len(got) == len(want)
 		})
@@ -213,18 +213,6 @@ func provIDs(ais []peer.AddrInfo) []peer.ID {
 		out[i] = ai.ID
 	}
 	return out
-}
-
-// provWait polls cond every 20 ms until it holds or d passes.
-func provWait(t testing.TB, d time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", d, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // After providing, 30% of the nodes crash; FindProviders from the
