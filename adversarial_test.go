@@ -213,6 +213,10 @@ func TestAdversarialNodes(t *testing.T) {
 
 // A peer flooding a node with requests from many streams gets most of
 // them refused, costs bounded memory, and honest peers are still served.
+// It runs on mocknet, in real time, on purpose: the flood comes on raw
+// libp2p streams and the stream limits are the libp2p carrier's
+// (handleStream), which memNetwork does not run; the rate it measures is
+// a real one.
 func TestAdversarialFlood(t *testing.T) {
 	tn := newTestNet(t, 8, 120, RandomWalk(false))
 	victim, honest := tn.nodes[0], tn.nodes[1]
@@ -271,7 +275,7 @@ func TestAdversarialFlood(t *testing.T) {
 			honestOK++
 		}
 		slowest = max(slowest, time.Since(start))
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // real time: the flood runs for floodFor
 	}
 	wg.Wait()
 	rate := float64(sent.Load()) / floodFor.Seconds()

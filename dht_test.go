@@ -20,6 +20,7 @@ import (
 // from a few random earlier nodes.
 type testNet struct {
 	mn    mocknet.Mocknet
+	mem   *memNetwork // instead of mn: newMemTestNet
 	nodes []*DHT
 }
 
@@ -175,6 +176,10 @@ func TestFindPeerEveryNode(t *testing.T) {
 func (tn *testNet) kill(t testing.TB, i int) {
 	t.Helper()
 	d := tn.nodes[i]
+	if tn.mem != nil {
+		_ = tn.mem.stop(d)
+		return
+	}
 	for _, o := range tn.nodes {
 		if o.self == d.self {
 			continue

@@ -128,6 +128,14 @@ func ExampleDHT_Provide() {
 // network starts n server nodes on an in-memory network, each joined
 // through the first, and returns them with a function that stops them.
 func network(ctx context.Context, n int, opts ...kad.Option) ([]*kad.DHT, func()) {
+	// Every peer added to a table wakes waitTables.
+	added := make(chan struct{}, 1)
+	onAdded := func(peer.ID) {
+		select {
+		case added <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 	mn := mocknet.New()
 	var nodes []*kad.DHT
 	done := func() {
@@ -141,7 +149,7 @@ func network(ctx context.Context, n int, opts ...kad.Option) ([]*kad.DHT, func()
 		if err != nil {
 			panic(err)
 		}
-		o := append([]kad.Option{kad.Mode(kad.ModeServer)}, opts...)
+		o := append([]kad.Option{kad.Mode(kad.ModeServer), kad.OnPeerAdded(onAdded)}, opts...)
 		if i > 0 {
 			first := nodes[0].Host()
 			o = append(o, kad.BootstrapPeers(peer.AddrInfo{ID: first.ID(), Addrs: first.Addrs()}))
@@ -163,24 +171,34 @@ func network(ctx context.Context, n int, opts ...kad.Option) ([]*kad.DHT, func()
 	// A node admits a peer that contacted it once it has checked that the
 	// peer answers. When the first node knows everyone, one more lookup
 	// of itself lets every node meet every other.
-	waitTables(ctx, nodes[:1], n-1)
+	waitTables(ctx, added, nodes[:1], n-1)
 	for _, d := range nodes[1:] {
 		if _, err := d.GetClosestPeers(ctx, string(d.Host().ID())); err != nil {
 			panic(err)
 		}
 	}
-	waitTables(ctx, nodes, n-1)
+	waitTables(ctx, added, nodes, n-1)
 	return nodes, done
 }
 
-// waitTables waits until every node has size peers in its routing table.
-func waitTables(ctx context.Context, nodes []*kad.DHT, size int) {
-	for _, d := range nodes {
-		for d.RoutingTable().Size() < size {
-			if ctx.Err() != nil {
-				panic("the network never formed")
+// waitTables waits until every node has size peers in its routing table,
+// checking again each time added says a table gained a peer.
+func waitTables(ctx context.Context, added <-chan struct{}, nodes []*kad.DHT, size int) {
+	for {
+		ready := true
+		for _, d := range nodes {
+			if d.RoutingTable().Size() < size {
+				ready = false
+				break
 			}
-			time.Sleep(10 * time.Millisecond)
+		}
+		if ready {
+			return
+		}
+		select {
+		case <-added:
+		case <-ctx.Done():
+			panic("the network never formed")
 		}
 	}
 }

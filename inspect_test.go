@@ -64,7 +64,7 @@ func TestInspect(t *testing.T) {
 		// Provide returns once half of k were sent to; the rest follow.
 		return provs >= 20
 	}
-	valWait(t, 10*time.Second, "provider records on the k closest", count)
+	waitFor(t, 10*time.Second, "provider records on the k closest", count)
 	require.GreaterOrEqual(t, values, 10)
 	require.LessOrEqual(t, values, 21)
 	require.GreaterOrEqual(t, provs, 10)

@@ -82,7 +82,7 @@ func newIPNSNet(t *testing.T, opts ...Option) *ipnsNet {
 	}
 	require.NoError(t, mn.LinkAll())
 	require.NoError(t, mn.ConnectAllButSelf())
-	valWait(t, 10*time.Second, "tables filled", func() bool {
+	waitFor(t, 10*time.Second, "tables filled", func() bool {
 		return n.a.rt.Find(n.b.self) && n.b.rt.Find(n.a.self) && n.c.rt.Find(n.a.self) && n.c.rt.Find(n.b.self)
 	})
 	return n

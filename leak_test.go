@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -58,6 +59,10 @@ func ourGoroutines() []string {
 // After Close no goroutine of the DHT is left, even when lookups were
 // cancelled mid-flight, requests hung, dials failed and background sends
 // were still running; once the hosts are closed too, nothing at all is.
+// It runs on mocknet, in real time, on purpose: what it checks is the
+// libp2p carrier too (stream handlers, streams reset on hung requests,
+// failed dials, one-way sends waiting on a stream), which memNetwork
+// does not run.
 func TestCloseLeavesNoGoroutine(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	tn := newTestNet(t, 12, 160, valueOpts(RequestTimeout(30*time.Second))...)
@@ -114,11 +119,17 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	for _, d := range tn.nodes {
 		require.NoError(t, d.Close())
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(ourGoroutines()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	require.Empty(t, ourGoroutines(), "goroutines of ours left after Close, with the hosts still up")
+	// Stream handlers and resets may still be unwinding on the hosts.
+	var left []string
+	defer func() {
+		if t.Failed() {
+			t.Logf("goroutines of ours left after Close:\n%s", strings.Join(left, "\n\n"))
+		}
+	}()
+	waitFor(t, 5*time.Second, "no goroutine of ours left after Close, with the hosts still up", func() bool {
+		left = ourGoroutines()
+		return len(left) == 0
+	})
 
 	for _, h := range tn.mn.Hosts() {
 		require.NoError(t, h.Close())
@@ -130,72 +141,73 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 // Close while every kind of call is running on the node, and while its
 // peers keep sending it requests: each call returns, and no goroutine of
 // the node outlives Close. Goroutines started by calls that lose the race
-// with Close are either counted before Close waits or never started.
+// with Close are either counted before Close waits or never started. It
+// runs in virtual time on memNetwork; synctest.Test fails too if any
+// goroutine is left.
 func TestCloseDuringCalls(t *testing.T) {
-	tn := newTestNet(t, 10, 170, valueOpts()...)
-	r := rand.New(rand.NewPCG(171, 0))
-	ctx := testCtx(t, time.Minute)
-	cids := make([]cid.Cid, 8)
-	for i := range cids {
-		cids[i] = provCID(t, r)
-	}
-	calls := []func(d *DHT, i int) error{
-		func(d *DHT, i int) error { _, err := d.GetClosestPeers(ctx, fmt.Sprintf("k%d", i)); return err },
-		func(d *DHT, i int) error { return d.PutValue(ctx, "/test/close", []byte(fmt.Sprintf("%d:v", i))) },
-		func(d *DHT, i int) error { _, err := d.GetValue(ctx, "/test/close"); return err },
-		func(d *DHT, i int) error {
-			ch, err := d.SearchValue(ctx, "/test/close")
-			if err != nil {
-				return err
-			}
-			for range ch {
-			}
-			return nil
-		},
-		func(d *DHT, i int) error { return d.Provide(ctx, cids[i%len(cids)], true) },
-		func(d *DHT, i int) error {
-			for range d.FindProvidersAsync(ctx, cids[i%len(cids)], 0) {
-			}
-			if d.own.isClosed() {
-				return ErrClosed // the channel only closes
-			}
-			return nil
-		},
-		func(d *DHT, i int) error { _, err := d.FindPeer(ctx, tn.nodes[i%len(tn.nodes)].self); return err },
-	}
-	victims := tn.nodes[:4]
-	var wg sync.WaitGroup
-	for _, d := range tn.nodes {
-		for ci, call := range calls {
-			wg.Go(func() {
-				// Until the node closes (bounded all the same).
-				for i := 0; i < 10_000 && !d.own.isClosed(); i++ {
-					_ = call(d, ci*100+i)
+	synctest.Test(t, func(t *testing.T) {
+		tn := newMemTestNet(t, 10, 170, valueOpts()...)
+		r := rand.New(rand.NewPCG(171, 0))
+		ctx := testCtx(t, time.Minute)
+		cids := make([]cid.Cid, 8)
+		for i := range cids {
+			cids[i] = provCID(t, r)
+		}
+		calls := []func(d *DHT, i int) error{
+			func(d *DHT, i int) error { _, err := d.GetClosestPeers(ctx, fmt.Sprintf("k%d", i)); return err },
+			func(d *DHT, i int) error { return d.PutValue(ctx, "/test/close", []byte(fmt.Sprintf("%d:v", i))) },
+			func(d *DHT, i int) error { _, err := d.GetValue(ctx, "/test/close"); return err },
+			func(d *DHT, i int) error {
+				ch, err := d.SearchValue(ctx, "/test/close")
+				if err != nil {
+					return err
+				}
+				for range ch {
+				}
+				return nil
+			},
+			func(d *DHT, i int) error { return d.Provide(ctx, cids[i%len(cids)], true) },
+			func(d *DHT, i int) error {
+				for range d.FindProvidersAsync(ctx, cids[i%len(cids)], 0) {
 				}
 				if d.own.isClosed() {
-					require.ErrorIs(t, call(d, 0), ErrClosed, "call %d after Close", ci)
+					return ErrClosed // the channel only closes
 				}
-			})
+				return nil
+			},
+			func(d *DHT, i int) error { _, err := d.FindPeer(ctx, tn.nodes[i%len(tn.nodes)].self); return err },
 		}
-	}
-	time.Sleep(300 * time.Millisecond)
-	for _, d := range victims {
-		require.NoError(t, d.Close())
-	}
-	for _, d := range tn.nodes[len(victims):] {
-		require.NoError(t, d.Close())
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		buf := make([]byte, 1<<22)
-		t.Fatalf("calls still running 30 s after Close:\n%s", buf[:runtime.Stack(buf, true)])
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(ourGoroutines()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	require.Empty(t, ourGoroutines(), "goroutines of ours left after Close")
+		victims := tn.nodes[:4]
+		var wg sync.WaitGroup
+		for _, d := range tn.nodes {
+			for ci, call := range calls {
+				wg.Go(func() {
+					// Until the node closes (bounded all the same).
+					for i := 0; i < 10_000 && !d.own.isClosed(); i++ {
+						_ = call(d, ci*100+i)
+					}
+					if d.own.isClosed() {
+						require.ErrorIs(t, call(d, 0), ErrClosed, "call %d after Close", ci)
+					}
+				})
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		for _, d := range victims {
+			require.NoError(t, d.Close())
+		}
+		for _, d := range tn.nodes[len(victims):] {
+			require.NoError(t, d.Close())
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			buf := make([]byte, 1<<22)
+			t.Fatalf("calls still running 30 s after Close:\n%s", buf[:runtime.Stack(buf, true)])
+		}
+		synctest.Wait()
+		require.Empty(t, ourGoroutines(), "goroutines of ours left after Close")
+	})
 }

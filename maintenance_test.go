@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
@@ -19,18 +20,6 @@ import (
 	"github.com/kadlib/kad/internal/kbucket"
 )
 
-// waitFor polls cond every 20 ms until it holds or d passes.
-func waitFor(t testing.TB, d time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", d, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func totalInbound(nodes []*DHT) int64 {
 	var n int64
 	for _, d := range nodes {
@@ -40,71 +29,68 @@ func totalInbound(nodes []*DHT) int64 {
 }
 
 func TestRandomWalkOffSendsNothingWhileIdle(t *testing.T) {
-	tn := newTestNet(t, 12, 7, RandomWalk(false), RefreshInterval(50*time.Millisecond))
-	// Let admission checks triggered by the joins settle.
-	var last int64 = -1
-	waitFor(t, 10*time.Second, "traffic settles", func() bool {
-		now := totalInbound(tn.nodes)
-		settled := now == last
-		last = now
-		time.Sleep(100 * time.Millisecond)
-		return settled
+	synctest.Test(t, func(t *testing.T) {
+		tn := newMemTestNet(t, 12, 7, RandomWalk(false), RefreshInterval(50*time.Millisecond))
+		// Let admission checks triggered by the joins settle: once every
+		// goroutine is blocked, none is in flight.
+		settle()
+		before := totalInbound(tn.nodes)
+		time.Sleep(500 * time.Millisecond) // ten refresh intervals
+		synctest.Wait()
+		require.Equal(t, before, totalInbound(tn.nodes), "no request while idle with random walk off")
 	})
-	before := totalInbound(tn.nodes)
-	time.Sleep(500 * time.Millisecond) // ten refresh intervals
-	require.Equal(t, before, totalInbound(tn.nodes), "no request while idle with random walk off")
 }
 
 func TestRefreshFillsTable(t *testing.T) {
-	tn := newTestNet(t, 30, 8)
-	// A newcomer that only knows one peer and never calls Bootstrap: the
-	// background refresh alone must fill its table.
-	h, err := tn.mn.GenPeer()
-	require.NoError(t, err)
-	require.NoError(t, tn.mn.LinkAll())
-	d, err := New(context.Background(), h, Mode(ModeServer), RefreshInterval(100*time.Millisecond))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = d.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, d.keeper.addPeer(ctx, peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}))
-	require.Equal(t, 1, d.RoutingTable().Size())
-	waitFor(t, 15*time.Second, "refresh fills the table", func() bool { return d.RoutingTable().Size() >= 20 })
+	synctest.Test(t, func(t *testing.T) {
+		tn := newMemTestNet(t, 30, 8)
+		// A newcomer that only knows one peer and never calls Bootstrap: the
+		// background refresh alone must fill its table.
+		d, err := tn.mem.addNode(Mode(ModeServer), RefreshInterval(100*time.Millisecond))
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, d.keeper.addPeer(ctx, memInfo(tn.nodes[0])))
+		require.Equal(t, 1, d.RoutingTable().Size())
+		waitFor(t, 15*time.Second, "refresh fills the table", func() bool { return d.RoutingTable().Size() >= 20 })
+	})
 }
 
 func TestDeadPeerReplacedByCandidate(t *testing.T) {
-	// Bucket size 1: most peers wait in replacement caches.
-	tn := newTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false))
-	a := tn.nodes[0]
-	var dead, candidate peer.ID
-	// Admission checks run in the background: wait for a full bucket with
-	// a candidate waiting in its cache.
-	i := 0
-	waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
-		// Peers that answer a lookup are admitted, or wait in the cache.
-		i++
-		_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
-		a.rt.withTable(func(tb *kbucket.Table) {
-			for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
-				if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
-					dead, _ = tb.Oldest(cpl)
-					candidate = reps[len(reps)-1]
-					return
+	synctest.Test(t, func(t *testing.T) {
+		// Bucket size 1: most peers wait in replacement caches.
+		tn := newMemTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false))
+		a := tn.nodes[0]
+		var dead, candidate peer.ID
+		// Admission checks run in the background: wait for a full bucket with
+		// a candidate waiting in its cache.
+		i := 0
+		waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
+			// Peers that answer a lookup are admitted, or wait in the cache.
+			i++
+			_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
+			a.rt.withTable(func(tb *kbucket.Table) {
+				for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
+					if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
+						dead, _ = tb.Oldest(cpl)
+						candidate = reps[len(reps)-1]
+						return
+					}
 				}
-			}
+			})
+			return dead != ""
 		})
-		return dead != ""
-	})
-	require.NotEmpty(t, dead, "a full bucket with a waiting candidate")
-	// The bucket's peer dies abruptly.
-	for i, d := range tn.nodes {
-		if d.self == dead {
-			tn.kill(t, i)
+		require.NotEmpty(t, dead, "a full bucket with a waiting candidate")
+		// The bucket's peer dies abruptly.
+		for i, d := range tn.nodes {
+			if d.self == dead {
+				tn.kill(t, i)
+			}
 		}
-	}
-	a.keeper.checkLiveness(context.Background(), time.Now().Add(time.Hour))
-	require.False(t, a.RoutingTable().Find(dead), "dead peer evicted")
-	require.True(t, a.RoutingTable().Find(candidate), "cached candidate promoted")
+		a.keeper.checkLiveness(context.Background(), time.Now().Add(time.Hour))
+		require.False(t, a.RoutingTable().Find(dead), "dead peer evicted")
+		require.True(t, a.RoutingTable().Find(candidate), "cached candidate promoted")
+	})
 }
 
 func TestModeFollowsReachability(t *testing.T) {
@@ -157,36 +143,27 @@ func TestModeFollowsReachability(t *testing.T) {
 }
 
 func TestRestartRejoinsFromSavedTable(t *testing.T) {
-	tn := newTestNet(t, 20, 10, RandomWalk(false))
-	store := dssync.MutexWrap(ds.NewMapDatastore())
-	h, err := tn.mn.GenPeer()
-	require.NoError(t, err)
-	require.NoError(t, tn.mn.LinkAll())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	boot := peer.AddrInfo{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}
-	d, err := New(ctx, h, Mode(ModeServer), Datastore(store), BootstrapPeers(boot), RandomWalk(false))
-	require.NoError(t, err)
-	require.NoError(t, d.Bootstrap(ctx))
-	size := d.RoutingTable().Size()
-	require.Greater(t, size, 5)
-	sk := h.Peerstore().PrivKey(h.ID())
-	addr := h.Addrs()[0]
-	require.NoError(t, d.Close())
-	require.NoError(t, h.Close())
+	synctest.Test(t, func(t *testing.T) {
+		tn := newMemTestNet(t, 20, 10, RandomWalk(false))
+		store := dssync.MutexWrap(ds.NewMapDatastore())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d, err := tn.mem.addNode(Mode(ModeServer), Datastore(store), BootstrapPeers(memInfo(tn.nodes[0])), RandomWalk(false))
+		require.NoError(t, err)
+		require.NoError(t, d.Bootstrap(ctx))
+		size := d.RoutingTable().Size()
+		require.Greater(t, size, 5)
 
-	// Same identity and datastore, no bootstrap peers.
-	h2, err := tn.mn.AddPeer(sk, addr)
-	require.NoError(t, err)
-	require.NoError(t, tn.mn.LinkAll())
-	d2, err := New(ctx, h2, Mode(ModeServer), Datastore(store), RandomWalk(false))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = d2.Close() })
-	waitFor(t, 10*time.Second, "saved peers re-admitted", func() bool { return d2.RoutingTable().Size() >= size/2 })
-	target := tn.nodes[len(tn.nodes)-1].self
-	ai, err := d2.FindPeer(ctx, target)
-	require.NoError(t, err)
-	require.Equal(t, target, ai.ID)
+		// Same identity, address and datastore, no bootstrap peers.
+		d2, err := tn.mem.restart(d, Mode(ModeServer), Datastore(store), RandomWalk(false))
+		require.NoError(t, err)
+		require.Equal(t, d.self, d2.self)
+		waitFor(t, 10*time.Second, "saved peers re-admitted", func() bool { return d2.RoutingTable().Size() >= size/2 })
+		target := tn.nodes[len(tn.nodes)-1].self
+		ai, err := d2.FindPeer(ctx, target)
+		require.NoError(t, err)
+		require.Equal(t, target, ai.ID)
+	})
 }
 
 func TestPeerEvents(t *testing.T) {

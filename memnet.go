@@ -42,17 +42,17 @@ import (
 // changes is not re-identified; connect it again), and reachability
 // events (a ModeAuto node stays a client).
 type memNetwork struct {
-	seed           uint64
-	latMin, latMax time.Duration
+	seed uint64
 	// failDelay is how long a request to a peer that is stopped, unknown
-	// or not serving takes to fail; latMax unless set.
+	// or not serving takes to fail; the latency bound unless set.
 	failDelay time.Duration
 
-	mu    sync.Mutex
-	rng   *rand.ChaCha8 // identities, drawn in the order nodes are added
-	port  int           // the last fake TCP port handed out
-	nodes map[peer.ID]*memNode
-	conns map[memLink]bool
+	mu             sync.Mutex
+	latMin, latMax time.Duration // setLatency
+	rng            *rand.ChaCha8 // identities, drawn in the order nodes are added
+	port           int           // the last fake TCP port handed out
+	nodes          map[peer.ID]*memNode
+	conns          map[memLink]bool
 }
 
 // memLink is an unordered pair of peers: a < b.
@@ -99,8 +99,11 @@ func newMemNetwork(seed uint64, latencyMin, latencyMax time.Duration) *memNetwor
 // of the seed and the pair alone, so it does not depend on which of the
 // two spoke first.
 func (n *memNetwork) latency(a, b peer.ID) time.Duration {
-	if n.latMax <= n.latMin {
-		return n.latMin
+	n.mu.Lock()
+	latMin, latMax := n.latMin, n.latMax
+	n.mu.Unlock()
+	if latMax <= latMin {
+		return latMin
 	}
 	l := linkOf(a, b)
 	h := fnv.New64a()
@@ -109,7 +112,15 @@ func (n *memNetwork) latency(a, b peer.ID) time.Duration {
 	_, _ = h.Write(s[:])
 	_, _ = h.Write([]byte(l.a))
 	_, _ = h.Write([]byte(l.b))
-	return n.latMin + time.Duration(h.Sum64()%uint64(n.latMax-n.latMin+1))
+	return latMin + time.Duration(h.Sum64()%uint64(latMax-latMin+1))
+}
+
+// setLatency changes the bounds of every link's latency from now on, as
+// newMemNetwork's do.
+func (n *memNetwork) setLatency(latencyMin, latencyMax time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.latMin, n.latMax = latencyMin, max(latencyMax, latencyMin)
 }
 
 // addNode builds a node with opts on a fresh identity (drawn from the

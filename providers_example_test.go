@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	mh "github.com/multiformats/go-multihash"
 
@@ -19,10 +20,18 @@ func ExampleDHT_FindProviders() {
 	defer cancel()
 	mn := mocknet.New()
 	defer mn.Close()
+	// Each peer added to a table wakes the wait below.
+	added := make(chan struct{}, 1)
+	onAdded := func(peer.ID) {
+		select {
+		case added <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 	var nodes []*kad.DHT
 	for i := 0; i < 2; i++ {
 		h, _ := mn.GenPeer()
-		d, err := kad.New(ctx, h, kad.Mode(kad.ModeServer))
+		d, err := kad.New(ctx, h, kad.Mode(kad.ModeServer), kad.OnPeerAdded(onAdded))
 		if err != nil {
 			panic(err)
 		}
@@ -32,11 +41,13 @@ func ExampleDHT_FindProviders() {
 	_ = mn.LinkAll()
 	_ = mn.ConnectAllButSelf()
 	provider, finder := nodes[0], nodes[1]
+	// Each admits the other once it has answered a check.
 	for finder.RoutingTable().Size() == 0 || provider.RoutingTable().Size() == 0 {
-		if ctx.Err() != nil {
+		select {
+		case <-added:
+		case <-ctx.Done():
 			panic("the nodes never met")
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 
 	h, _ := mh.Sum([]byte("hello, world"), mh.SHA2_256, -1)

@@ -130,7 +130,7 @@ func provNodes(t *testing.T, mn mocknet.Mocknet, opts ...[]Option) []*DHT {
 	for _, d := range out {
 		for _, o := range out {
 			if o != d {
-				provWait(t, 10*time.Second, "peers admitted", func() bool { return d.rt.Find(o.self) })
+				waitFor(t, 10*time.Second, "peers admitted", func() bool { return d.rt.Find(o.self) })
 			}
 		}
 	}
@@ -187,7 +187,7 @@ func TestDisableProvidersAndCustomStore(t *testing.T) {
 
 	// plain's announcement reaches cust (the disabled node resets it).
 	require.NoError(t, plain.Provide(ctx, c, true))
-	provWait(t, 5*time.Second, "the custom store got the record", func() bool {
+	waitFor(t, 5*time.Second, "the custom store got the record", func() bool {
 		got, _ := custom.GetProviders(ctx, c.Hash())
 		return len(got) == 1 && got[0].ID == plain.self && len(got[0].Addrs) > 0
 	})
@@ -262,7 +262,7 @@ func TestAddProviderValidation(t *testing.T) {
 		write, _ := rawStream(t, attacker, srv)
 		// A spoofed entry next to a valid one: only the valid one counts.
 		write(&pb.Message{Type: pb.AddProvider, Key: key, ProviderPeers: []pb.Peer{entry(victim.self, addr), entry(attacker.ID(), addr)}})
-		provWait(t, 5*time.Second, "the valid entry is stored", func() bool {
+		waitFor(t, 5*time.Second, "the valid entry is stored", func() bool {
 			got, _ := srv.provs.store.GetProviders(ctx, key)
 			return len(got) > 0
 		})
@@ -288,7 +288,7 @@ func TestProvidersPersistAcrossRestart(t *testing.T) {
 	nodes := provNodes(t, mn, []Option{Datastore(store)}, nil)
 	holder, provider := nodes[0], nodes[1]
 	require.NoError(t, provider.Provide(ctx, c, true))
-	provWait(t, 5*time.Second, "the holder stored the record", func() bool {
+	waitFor(t, 5*time.Second, "the holder stored the record", func() bool {
 		got, _ := holder.provs.store.GetProviders(ctx, c.Hash())
 		return len(got) == 1
 	})
@@ -318,7 +318,7 @@ func TestProvidersPersistAcrossRestart(t *testing.T) {
 	require.NoError(t, mn.LinkAll())
 	_, err = mn.ConnectPeers(finder.self, restarted.self)
 	require.NoError(t, err)
-	provWait(t, 10*time.Second, "finder admits the holder", func() bool { return finder.rt.Find(restarted.self) })
+	waitFor(t, 10*time.Second, "finder admits the holder", func() bool { return finder.rt.Find(restarted.self) })
 	got, err = finder.FindProviders(ctx, c, 0)
 	require.NoError(t, err)
 	require.Contains(t, provIDs(got), provider.self)

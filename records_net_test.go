@@ -190,7 +190,7 @@ func TestValues100Nodes(t *testing.T) {
 		v, err := reader.GetValue(ctx, key)
 		require.NoError(t, err)
 		require.Equal(t, []byte("2:fresh"), v)
-		valWait(t, 10*time.Second, "stale and empty peers repaired", func() bool {
+		waitFor(t, 10*time.Second, "stale and empty peers repaired", func() bool {
 			return string(stored(t, stale, key)) == "2:fresh" && string(stored(t, empty, key)) == "2:fresh"
 		})
 	})

@@ -40,7 +40,7 @@ func TestValuesPersistAcrossRestart(t *testing.T) {
 	d.keeper.cfg.bootstrapPeers = []peer.AddrInfo{{ID: tn.nodes[0].self, Addrs: tn.nodes[0].h.Addrs()}}
 	require.NoError(t, d.Bootstrap(ctx))
 	for _, o := range tn.nodes {
-		valWait(t, 10*time.Second, "persistent node in every table", func() bool { return o.rt.Find(d.self) })
+		waitFor(t, 10*time.Second, "persistent node in every table", func() bool { return o.rt.Find(d.self) })
 	}
 
 	const keys = 10

@@ -88,18 +88,6 @@ func stored(t testing.TB, d *DHT, key string) []byte {
 	return r.Value
 }
 
-// waitFor polls cond every 20 ms until it holds or d passes.
-func valWait(t *testing.T, d time.Duration, msg string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", d, msg)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestValuesOptionsValidate(t *testing.T) {
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
@@ -339,7 +327,7 @@ func newValuePair(t *testing.T, opts ...Option) *valuePair {
 	require.NoError(t, mn.LinkAll())
 	_, err := mn.ConnectPeers(vp.a.self, vp.b.self)
 	require.NoError(t, err)
-	valWait(t, 10*time.Second, "tables filled", func() bool {
+	waitFor(t, 10*time.Second, "tables filled", func() bool {
 		return vp.a.rt.Find(vp.b.self) && vp.b.rt.Find(vp.a.self)
 	})
 	return vp
@@ -352,7 +340,7 @@ func TestValueMaxAge(t *testing.T) {
 	ctx := testCtx(t, 30*time.Second)
 	require.NoError(t, a.PutValue(ctx, "/test/old", []byte("1:x")))
 	require.Equal(t, []byte("1:x"), stored(t, b, "/test/old"))
-	valWait(t, 5*time.Second, "record expired", func() bool {
+	waitFor(t, 5*time.Second, "record expired", func() bool {
 		resp, err := a.q.request(ctx, b.self, &pb.Message{Type: pb.GetValue, Key: []byte("/test/old")})
 		return err == nil && resp.Record == nil
 	})

@@ -1,0 +1,83 @@
+package kad
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/require"
+)
+
+// waitFor polls cond every 20 ms until it holds or d passes. It is the
+// package's one polling helper: inside a synctest bubble its sleeps are
+// virtual and cost nothing; outside one (tests that need real libp2p
+// hosts) they are real.
+func waitFor(t testing.TB, d time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: %s", d, msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newMemTestNet is newTestNet on a memNetwork, for tests run in virtual
+// time (inside synctest.Test): n server nodes, each joined through up to
+// 3 random earlier nodes, then a second round of self-lookups. Links have
+// a one-way latency of 1 to 10 ms drawn from seed. Every node is stopped
+// when the test ends.
+func newMemTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
+	t.Helper()
+	ctx := context.Background()
+	mn := newMemNetwork(seed, time.Millisecond, 10*time.Millisecond)
+	t.Cleanup(func() { require.NoError(t, mn.close()) })
+	tn := &testNet{mem: mn}
+	r := rand.New(rand.NewPCG(seed, 0))
+	var infos []peer.AddrInfo
+	for i := 0; i < n; i++ {
+		var boots []peer.AddrInfo
+		for j := 0; j < 3 && j < i; j++ {
+			boots = append(boots, infos[r.IntN(i)])
+		}
+		d, err := mn.addNode(append([]Option{Mode(ModeServer), BootstrapPeers(boots...)}, opts...)...)
+		require.NoError(t, err)
+		infos = append(infos, memInfo(d))
+		tn.nodes = append(tn.nodes, d)
+	}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, d := range tn.nodes {
+		if i == 0 {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := d.keeper.connectBootstrapPeers(ctx); err != nil {
+				t.Errorf("join: %v", err)
+				return
+			}
+			if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
+				t.Errorf("join: self lookup: %v", err)
+			}
+		})
+		if i%16 == 0 {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	for _, d := range tn.nodes {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, _ = d.GetClosestPeers(ctx, string(d.self))
+		})
+	}
+	wg.Wait()
+	return tn
+}
