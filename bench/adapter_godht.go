@@ -4,10 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
+	dssync "github.com/ipfs/go-datastore/sync"
 	godht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/provider"
+	mh "github.com/multiformats/go-multihash"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
@@ -15,7 +21,8 @@ import (
 
 var goImpl = Impl{
 	Name: "go-kad-dht",
-	New: func(ctx context.Context, h host.Host, boots []peer.AddrInfo, refresh time.Duration) (Node, error) {
+	New: func(ctx context.Context, h host.Host, nc nodeConfig) (Node, error) {
+		boots, refresh := nc.Boots, nc.Refresh
 		// A prefix other than /ipfs lifts the Amino rule of only pk and ipns
 		// records; V1ProtocolOverride keeps the protocol id kad speaks.
 		opts := []godht.Option{
@@ -28,11 +35,21 @@ var goImpl = Impl{
 		if refresh > 0 {
 			opts = append(opts, godht.RoutingTableRefreshPeriod(refresh))
 		}
+		if nc.Datastore != nil {
+			opts = append(opts, godht.Datastore(nc.Datastore))
+		}
 		d, err := godht.New(h, opts...)
 		if err != nil {
 			return nil, err
 		}
-		return &goNode{d: d, boots: boots}, nil
+		n := &goNode{d: d, boots: boots}
+		if nc.Provider {
+			if err := n.startSweeping(h, nc); err != nil {
+				_ = d.Close()
+				return nil, err
+			}
+		}
+		return n, nil
 	},
 	Values:    func() bool { return true },
 	Providers: func() bool { return true },
@@ -41,6 +58,48 @@ var goImpl = Impl{
 type goNode struct {
 	d     *godht.IpfsDHT
 	boots []peer.AddrInfo
+	// sweep is the SweepingProvider of a providing node; lookups counts
+	// the lookups it asked the DHT for.
+	sweep   *provider.SweepingProvider
+	lookups atomic.Int64
+}
+
+// startSweeping builds a SweepingProvider on the node's DHT the way kubo
+// builds it: the DHT as router and message sender, the host's addresses
+// in the records, every key also stored locally, its state in the node's
+// datastore (an in-memory one when the node has none).
+func (n *goNode) startSweeping(h host.Host, nc nodeConfig) error {
+	store := nc.Datastore
+	if store == nil {
+		store = dssync.MutexWrap(ds.NewMapDatastore())
+	}
+	sp, err := provider.New(
+		provider.WithHost(h),
+		provider.WithPeerID(h.ID()),
+		provider.WithRouter(countingRouter{n}),
+		provider.WithMessageSender(n.d.MessageSender()),
+		provider.WithSelfAddrs(h.Addrs),
+		provider.WithAddLocalRecord(func(ctx context.Context, k mh.Multihash) error {
+			return n.d.ProviderStore().AddProvider(ctx, k, peer.AddrInfo{ID: h.ID()})
+		}),
+		provider.WithDatastore(namespace.Wrap(store, ds.NewKey("/provider"))),
+		provider.WithReplicationFactor(20),
+		provider.WithReprovideInterval(22*time.Hour),
+	)
+	if err != nil {
+		return err
+	}
+	n.sweep = sp
+	return nil
+}
+
+// countingRouter is the DHT as the SweepingProvider's router, counting
+// the lookups it runs.
+type countingRouter struct{ n *goNode }
+
+func (r countingRouter) GetClosestPeers(ctx context.Context, key string) ([]peer.ID, error) {
+	r.n.lookups.Add(1)
+	return r.n.d.GetClosestPeers(ctx, key)
 }
 
 // Join does what kad's Bootstrap does, with go-libp2p-kad-dht's own
@@ -128,4 +187,9 @@ func (n *goNode) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <
 }
 
 func (n *goNode) LookupRequests() int64 { return -1 }
-func (n *goNode) Close() error          { return n.d.Close() }
+func (n *goNode) Close() error {
+	if n.sweep != nil {
+		_ = n.sweep.Close()
+	}
+	return n.d.Close()
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -28,26 +27,46 @@ type (
 
 var kadImpl = Impl{
 	Name: "kad",
-	New: func(ctx context.Context, h host.Host, boots []peer.AddrInfo, refresh time.Duration) (Node, error) {
+	New: func(ctx context.Context, h host.Host, nc nodeConfig) (Node, error) {
 		opts := []kad.Option{
 			kad.Mode(kad.ModeServer),
-			kad.BootstrapPeers(boots...),
+			kad.BootstrapPeers(nc.Boots...),
 			kad.NamespacedValidator(valueNS, acceptAll{}),
 		}
-		if refresh > 0 {
-			opts = append(opts, kad.RefreshInterval(refresh))
+		if nc.Refresh > 0 {
+			opts = append(opts, kad.RefreshInterval(nc.Refresh))
+		}
+		if nc.Datastore != nil {
+			opts = append(opts, kad.Datastore(nc.Datastore))
+		}
+		n := &kadNode{}
+		if nc.Provider {
+			// One region, so that a reprovider pass goes over every key.
+			n.passes = make(chan kad.ReprovideStatus, 16)
+			opts = append(opts, kad.Reprovide(true), kad.ReprovideRegions(0), kad.ReprovideInterval(nc.ReprovideEvery),
+				kad.ReprovideProgress(func(st kad.ReprovideStatus) {
+					select {
+					case n.passes <- st:
+					default:
+					}
+				}))
 		}
 		d, err := kad.New(ctx, h, opts...)
 		if err != nil {
 			return nil, err
 		}
-		return &kadNode{d: d}, nil
+		n.d = d
+		return n, nil
 	},
 	Values:    func() bool { _, ok := any(&kad.DHT{}).(valueStore); return ok },
 	Providers: func() bool { _, ok := any(&kad.DHT{}).(providerStore); return ok },
 }
 
-type kadNode struct{ d *kad.DHT }
+type kadNode struct {
+	d *kad.DHT
+	// passes receives the reprovider's progress on a providing node.
+	passes chan kad.ReprovideStatus
+}
 
 // Join runs kad's Bootstrap: connect to the bootstrap peers given to New,
 // look ourselves up, refresh every bucket.

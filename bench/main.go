@@ -45,6 +45,11 @@ type options struct {
 	replot  string
 	merge   bool
 	written []string // files written, for the smoke test
+	// providing at scale (-provide)
+	pp             ProvideParams
+	latTag         string
+	tagSet         bool
+	provideResults *ProvideResults
 }
 
 func parse(args []string) (*options, error) {
@@ -71,10 +76,14 @@ func parse(args []string) (*options, error) {
 	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
 	replot := fs.String("replot", "", "rewrite the .md and charts of a saved .json report instead of running")
 	memProfile := fs.String("memprofile", "", "write a heap profile after each setup to <prefix>-<impl>.pprof")
+	provide := fs.Int("provide", 0, "run only the providing-at-scale phase: this many random CIDs handed to one node (e.g. 10000)")
+	provStores := fs.String("provide-stores", "mem,leveldb", "datastores of the providing node, one run each: mem, leveldb")
+	provSample := fs.Int("provide-sample", 200, "CIDs whose findability from other nodes is checked")
+	provRepro := fs.Bool("provide-reprovide", true, "also measure kad's reprovider pass over the same keys (waits for its 1-minute schedule)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	o := &options{out: *out, tag: *tag, simOps: *simOps, simConv: *simConv, simNear: *simNear, simA: *simA, simDC: *simDC, quiet: *quiet, replot: *replot, merge: *merge}
+	o := &options{tagSet: *tag != "", latTag: *lat, out: *out, tag: *tag, simOps: *simOps, simConv: *simConv, simNear: *simNear, simA: *simA, simDC: *simDC, quiet: *quiet, replot: *replot, merge: *merge}
 	for _, name := range strings.Split(*impl, ",") {
 		switch strings.TrimSpace(name) {
 		case "":
@@ -109,6 +118,21 @@ func parse(args []string) (*options, error) {
 	if *n < 2 || *ops < 1 || *churn < 0 || *churn >= 1 {
 		return nil, fmt.Errorf("need -n >= 2, -ops >= 1, 0 <= -churn < 1")
 	}
+	if *provide > 0 {
+		o.pp = ProvideParams{CIDs: *provide, Sample: *provSample, Reprovide: *provRepro}
+		for _, st := range strings.Split(*provStores, ",") {
+			switch st = strings.TrimSpace(st); st {
+			case "mem", "leveldb":
+				o.pp.Stores = append(o.pp.Stores, st)
+			case "":
+			default:
+				return nil, fmt.Errorf("bad -provide-stores %q", st)
+			}
+		}
+		if len(o.pp.Stores) == 0 || *provSample < 1 {
+			return nil, fmt.Errorf("-provide needs a store and -provide-sample >= 1")
+		}
+	}
 	level := slog.LevelInfo
 	if *quiet {
 		level = slog.LevelWarn
@@ -136,6 +160,9 @@ func (o *options) run() error {
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
+	}
+	if o.pp.CIDs > 0 {
+		return o.provideCompare()
 	}
 	if len(o.impls) > 0 {
 		if err := o.compare(); err != nil {

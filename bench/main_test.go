@@ -91,3 +91,28 @@ func TestLatencyIsSymmetricAndInRange(t *testing.T) {
 		}
 	}
 }
+
+// TestProvideAtScale runs the providing phase at CI size (100 nodes,
+// 1,000 CIDs, in-memory datastores) for both implementations and checks
+// only that both finish and that every sampled CID is findable from
+// another node. It asserts nothing about speed.
+func TestProvideAtScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two 100-node networks")
+	}
+	o, err := parse([]string{"-n", "100", "-provide", "1000", "-provide-stores", "mem", "-provide-reprovide=false", "-provide-sample", "100", "-q", "-out", t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.run(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(o.provideResults.Runs); got != 2 {
+		t.Fatalf("%d runs, want 2", got)
+	}
+	for _, r := range o.provideResults.Runs {
+		if r.Findable < 1 {
+			t.Errorf("%s %s: findable %.3f", r.Impl, r.Path, r.Findable)
+		}
+	}
+}

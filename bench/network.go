@@ -89,7 +89,8 @@ type counter struct {
 // request (and fire-and-forget ADD_PROVIDER) any server received.
 type countingHost struct {
 	host.Host
-	c *counter
+	c       *counter
+	sendBuf bool
 }
 
 func (h *countingHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
@@ -102,7 +103,11 @@ func (h *countingHost) SetStreamHandlerMatch(pid protocol.ID, m func(protocol.ID
 
 func (h *countingHost) wrap(handler network.StreamHandler) network.StreamHandler {
 	return func(s network.Stream) {
-		handler(&countingStream{Stream: s, c: h.c, self: []byte(s.Conn().LocalPeer())})
+		var st network.Stream = s
+		if h.sendBuf {
+			st = newBufStream(s)
+		}
+		handler(&countingStream{Stream: st, c: h.c, self: []byte(s.Conn().LocalPeer())})
 	}
 }
 
@@ -203,6 +208,10 @@ type testNet struct {
 	boots [][]peer.AddrInfo
 	c     counter
 	dead  []bool
+	// sendBuf gives every DHT stream a send buffer (see bufStream).
+	sendBuf bool
+	// nodeCfg, if set, adjusts node i's configuration before it starts.
+	nodeCfg func(i int, nc *nodeConfig)
 }
 
 // newHosts builds the mocknet: n hosts with seeded identities, every pair
@@ -266,7 +275,11 @@ func (tn *testNet) startDHTs(ctx context.Context, bootIdx [][]int, refresh time.
 		for _, b := range bootIdx[i] {
 			boots = append(boots, peer.AddrInfo{ID: tn.ids[b], Addrs: tn.hosts[b].Addrs()})
 		}
-		d, err := tn.impl.New(ctx, &countingHost{Host: h, c: &tn.c}, boots, refresh)
+		nc := nodeConfig{Boots: boots, Refresh: refresh}
+		if tn.nodeCfg != nil {
+			tn.nodeCfg(i, &nc)
+		}
+		d, err := tn.impl.New(ctx, &countingHost{Host: h, c: &tn.c, sendBuf: tn.sendBuf}, nc)
 		if err != nil {
 			return fmt.Errorf("%s: new node %d: %w", tn.impl.Name, i, err)
 		}

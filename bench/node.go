@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -40,14 +41,30 @@ type Node interface {
 // Impl creates nodes of one implementation.
 type Impl struct {
 	Name string
-	// New starts a server-mode node on h that will join through boots,
-	// with the test value namespace "v" accepting any value and the
-	// periodic table refresh every refresh (0: the implementation's
-	// default).
-	New func(ctx context.Context, h host.Host, boots []peer.AddrInfo, refresh time.Duration) (Node, error)
+	// New starts a server-mode node on h as nc says, with the test value
+	// namespace "v" accepting any value.
+	New func(ctx context.Context, h host.Host, nc nodeConfig) (Node, error)
 	// Values and Providers say whether the implementation has the value
 	// and provider operations.
 	Values, Providers func() bool
+}
+
+// nodeConfig is what one node is built with.
+type nodeConfig struct {
+	// Boots are the peers it joins through (a few earlier nodes).
+	Boots []peer.AddrInfo
+	// Refresh is the periodic table refresh interval (0: the
+	// implementation's default).
+	Refresh time.Duration
+	// Datastore, if set, is passed to the DHT as a user would pass one
+	// (kad.Datastore, dht.Datastore); nil leaves the default.
+	Datastore ds.Batching
+	// Provider, for the node that provides at scale: kad gets the
+	// reprovider (one region, this interval), go-libp2p-kad-dht a
+	// SweepingProvider as kubo builds it.
+	Provider bool
+	// ReprovideEvery is kad's reprovide interval on the providing node.
+	ReprovideEvery time.Duration
 }
 
 // valueNS is the record namespace used by the value phases: keys are

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,9 +23,14 @@ const Prefix = "/providers/"
 // has no '/', so a segment can never be mistaken for a path separator.
 var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
 
-// recordVersion is the first byte of every stored value, so the encoding
-// can change later without misreading old records.
-const recordVersion = 1
+// legacyVersion is the first byte of a value in the old layout, one
+// datastore entry per (key, provider) under keyPrefix(key); setVersion of
+// a value in the current one, one entry per key (setKey) holding all its
+// providers. Sweep moves old entries into the current layout.
+const (
+	legacyVersion = 1
+	setVersion    = 2
+)
 
 // maxStoredAddrs bounds the addresses decoded from one stored value, so a
 // corrupted value cannot make a decode allocate without limit.
@@ -39,17 +45,23 @@ type record struct {
 	addrs    []ma.Multiaddr // the provider's addresses, as it announced them
 }
 
-// keyPrefix is the datastore prefix of every provider of key, ending in '/'.
+// setKey is where the providers of key are stored: one exact key, so
+// finding them is a Get, whatever else the datastore holds.
+func setKey(key []byte) ds.Key {
+	return ds.RawKey(Prefix + b32.EncodeToString(key))
+}
+
+// keyPrefix is the prefix of key's entries in the old layout, ending in '/'.
 func keyPrefix(key []byte) string {
 	return Prefix + b32.EncodeToString(key) + "/"
 }
 
-// dsKey is where the record of provider p for key is stored.
+// dsKey is where the old layout stored the record of provider p for key.
 func dsKey(key []byte, p peer.ID) ds.Key {
 	return ds.RawKey(keyPrefix(key) + b32.EncodeToString([]byte(p)))
 }
 
-// parseDSKey splits a datastore key back into the provided key (in its
+// parseDSKey splits an old-layout datastore key back into the provided key (in its
 // encoded form, as the cache indexes it) and the provider.
 func parseDSKey(k string) (encKey string, p peer.ID, err error) {
 	rest, ok := strings.CutPrefix(k, Prefix)
@@ -71,35 +83,12 @@ func parseDSKey(k string) (encKey string, p peer.ID, err error) {
 	return encKey, p, nil
 }
 
-// encode writes a record as: version byte, received and addrsAt as signed
-// varint Unix nanoseconds (0 for no addresses), the address count, then
-// each address length-prefixed.
-func (r *record) encode() []byte {
-	n := 1 + 3*binary.MaxVarintLen64
-	for _, a := range r.addrs {
-		n += binary.MaxVarintLen64 + len(a.Bytes())
-	}
-	b := make([]byte, 0, n)
-	b = append(b, recordVersion)
-	b = binary.AppendVarint(b, r.received.UnixNano())
-	var at int64
-	if len(r.addrs) > 0 {
-		at = r.addrsAt.UnixNano()
-	}
-	b = binary.AppendVarint(b, at)
-	b = binary.AppendUvarint(b, uint64(len(r.addrs)))
-	for _, a := range r.addrs {
-		ab := a.Bytes()
-		b = binary.AppendUvarint(b, uint64(len(ab)))
-		b = append(b, ab...)
-	}
-	return b
-}
-
-// decodeRecord parses what encode wrote. Addresses that do not parse are
-// dropped; anything else malformed is errCorrupt.
+// decodeRecord parses an old-layout value: version byte, received and
+// addrsAt as signed varint Unix nanoseconds (0 for no addresses), the
+// address count, then each address length-prefixed. Addresses that do not
+// parse are dropped; anything else malformed is errCorrupt.
 func decodeRecord(b []byte) (*record, error) {
-	if len(b) == 0 || b[0] != recordVersion {
+	if len(b) == 0 || b[0] != legacyVersion {
 		return nil, fmt.Errorf("%w: unknown version", errCorrupt)
 	}
 	b = b[1:]
@@ -139,4 +128,119 @@ func decodeRecord(b []byte) (*record, error) {
 		r.addrsAt = time.Unix(0, at)
 	}
 	return r, nil
+}
+
+// encodeSet writes the providers of one key as: version byte, the count,
+// then per provider its id (length-prefixed), the time of its last
+// announcement as signed varint Unix milliseconds, how long before that
+// its addresses arrived (signed varint ms, only if it has addresses), the
+// address count and each address length-prefixed. About 70 bytes for a
+// provider with one address: the key is not repeated per provider, times
+// take 6 bytes and 1 instead of 9 and 9. Times are kept to the
+// millisecond; Add truncates them so the cache agrees with the datastore.
+func encodeSet(set keySet) []byte {
+	n := 1 + binary.MaxVarintLen64
+	for p, r := range set {
+		n += 4*binary.MaxVarintLen64 + len(p)
+		for _, a := range r.addrs {
+			n += binary.MaxVarintLen64 + len(a.Bytes())
+		}
+	}
+	// Providers in id order: the same set always encodes the same.
+	ps := make([]peer.ID, 0, len(set))
+	for p := range set {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	b := make([]byte, 0, n)
+	b = append(b, setVersion)
+	b = binary.AppendUvarint(b, uint64(len(ps)))
+	for _, p := range ps {
+		r := set[p]
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
+		b = binary.AppendVarint(b, r.received.UnixMilli())
+		b = binary.AppendUvarint(b, uint64(len(r.addrs)))
+		if len(r.addrs) == 0 {
+			continue
+		}
+		b = binary.AppendVarint(b, r.received.UnixMilli()-r.addrsAt.UnixMilli())
+		for _, a := range r.addrs {
+			ab := a.Bytes()
+			b = binary.AppendUvarint(b, uint64(len(ab)))
+			b = append(b, ab...)
+		}
+	}
+	return b
+}
+
+// decodeSet parses what encodeSet wrote. Addresses that do not parse are
+// dropped; anything else malformed is errCorrupt.
+func decodeSet(b []byte) (keySet, error) {
+	if len(b) == 0 || b[0] != setVersion {
+		return nil, fmt.Errorf("%w: unknown version", errCorrupt)
+	}
+	b = b[1:]
+	count, n := binary.Uvarint(b)
+	// Each provider takes at least 4 bytes: a corrupt count cannot make
+	// the map allocate more than the value's size.
+	if n <= 0 || count > uint64(len(b))/4 {
+		return nil, fmt.Errorf("%w: provider count", errCorrupt)
+	}
+	b = b[n:]
+	set := make(keySet, count)
+	for i := uint64(0); i < count; i++ {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l == 0 || l > uint64(len(b)-n) {
+			return nil, fmt.Errorf("%w: provider %d id", errCorrupt, i)
+		}
+		p, err := peer.IDFromBytes(b[n : n+int(l)])
+		if err != nil {
+			return nil, fmt.Errorf("%w: provider %d id: %v", errCorrupt, i, err)
+		}
+		b = b[n+int(l):]
+		recv, n := binary.Varint(b)
+		if n <= 0 {
+			return nil, fmt.Errorf("%w: provider %d time", errCorrupt, i)
+		}
+		b = b[n:]
+		na, n := binary.Uvarint(b)
+		if n <= 0 || na > maxStoredAddrs {
+			return nil, fmt.Errorf("%w: provider %d address count", errCorrupt, i)
+		}
+		b = b[n:]
+		r := &record{received: time.UnixMilli(recv)}
+		if na > 0 {
+			age, n := binary.Varint(b)
+			if n <= 0 {
+				return nil, fmt.Errorf("%w: provider %d address time", errCorrupt, i)
+			}
+			b = b[n:]
+			r.addrsAt = time.UnixMilli(recv - age)
+		}
+		for j := uint64(0); j < na; j++ {
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return nil, fmt.Errorf("%w: provider %d address %d", errCorrupt, i, j)
+			}
+			raw := b[n : n+int(l)]
+			b = b[n+int(l):]
+			a, err := ma.NewMultiaddrBytes(append([]byte(nil), raw...))
+			if err != nil {
+				continue
+			}
+			r.addrs = append(r.addrs, a)
+		}
+		if na > 0 && len(r.addrs) == 0 {
+			r.addrsAt = time.Time{}
+		}
+		if _, dup := set[p]; dup {
+			return nil, fmt.Errorf("%w: provider %s twice", errCorrupt, p)
+		}
+		set[p] = r
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(b))
+	}
+	return set, nil
 }

@@ -1,7 +1,11 @@
 // Package providers is the provider record store: who announced that it
 // has the content of a key, until when, and at which addresses. Records
-// live in a go-datastore under Prefix, so a persistent datastore keeps
-// them across restarts, with a small cache of hot keys in front.
+// live in a go-datastore under Prefix, one entry per key holding all its
+// providers, so a persistent datastore keeps them across restarts, with a
+// small cache of hot keys in front. One entry per key makes every read an
+// exact Get: its cost does not grow with what else the datastore holds,
+// which a prefix query's does on a datastore without ordered keys (such
+// as go-datastore's MapDatastore, whose queries read every entry).
 //
 // The store is pure in the project's sense: it reads no clock (every call
 // takes now), starts no goroutine and does no network I/O, so expiry is
@@ -14,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,9 +52,8 @@ type Config struct {
 	// FreshDatastore says the datastore holds no provider records yet and
 	// only this store will write under Prefix (the DHT's own in-memory
 	// datastore). The store then keeps the set of keys that have records,
-	// so adding a key it has never seen needs no datastore query: on a
-	// datastore without ordered keys, such as go-datastore's MapDatastore,
-	// a prefix query reads every entry.
+	// so adding a key it has never seen needs no datastore read at all.
+	// Without it a new key costs one Get of an absent entry.
 	FreshDatastore bool
 }
 
@@ -137,6 +141,9 @@ func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multi
 		}
 		r = &record{}
 	}
+	// Kept to the millisecond, as stored, so a set read back from the
+	// datastore equals the cached one.
+	now = time.UnixMilli(now.UnixMilli())
 	nr := &record{received: now, addrsAt: r.addrsAt, addrs: r.addrs}
 	if len(addrs) > 0 {
 		nr.addrs = slices.Clone(addrs)
@@ -147,10 +154,16 @@ func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multi
 	} else if s.addrsExpired(nr, now) {
 		nr.addrs, nr.addrsAt = nil, time.Time{}
 	}
-	if err := s.ds.Put(ctx, dsKey(key, p), nr.encode()); err != nil {
+	old, had := set[p]
+	set[p] = nr
+	if err := s.ds.Put(ctx, setKey(key), encodeSet(set)); err != nil {
+		if had {
+			set[p] = old
+		} else {
+			delete(set, p)
+		}
 		return fmt.Errorf("providers: add: %w", err)
 	}
-	set[p] = nr
 	if s.present != nil {
 		s.present[b32.EncodeToString(key)] = struct{}{}
 	}
@@ -191,20 +204,13 @@ func (s *Store) Get(ctx context.Context, key []byte, now time.Time, limit int) (
 }
 
 // load returns the live provider set of key, from the cache or the
-// datastore, deleting what expired or cannot be decoded. Called with s.mu
-// held; the returned set is the cached one, so changes to it stick.
+// datastore (one Get of the key's entry), dropping what expired and
+// deleting an entry that cannot be decoded. Called with s.mu held; the
+// returned set is the cached one, so changes to it stick.
 func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, error) {
-	prefix := keyPrefix(key)
-	enc := prefix[len(Prefix) : len(prefix)-1]
+	enc := b32.EncodeToString(key)
 	if set, ok := s.cache.get(enc); ok {
-		var stale []ds.Key
-		for p, r := range set {
-			if s.expired(r, now) {
-				delete(set, p)
-				stale = append(stale, dsKey(key, p))
-			}
-		}
-		return set, s.deleteKeys(ctx, stale)
+		return set, s.dropExpired(ctx, key, set, now)
 	}
 	if s.present != nil {
 		if _, ok := s.present[enc]; !ok {
@@ -213,36 +219,51 @@ func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, er
 			return set, nil
 		}
 	}
-	res, err := s.ds.Query(ctx, dsq.Query{Prefix: prefix})
-	if err != nil {
+	v, err := s.ds.Get(ctx, setKey(key))
+	var set keySet
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+		set = make(keySet)
+	case err != nil:
 		return nil, err
-	}
-	set := make(keySet)
-	var stale []ds.Key
-	for e := range res.Next() {
-		if e.Error != nil {
-			_ = res.Close()
-			return nil, e.Error
+	default:
+		if set, err = decodeSet(v); err != nil {
+			set = make(keySet)
+			if err := s.ds.Delete(ctx, setKey(key)); err != nil {
+				return nil, err
+			}
+		} else if err := s.dropExpired(ctx, key, set, now); err != nil {
+			return nil, err
 		}
-		_, p, err := parseDSKey(e.Key)
-		r, derr := decodeRecord(e.Value)
-		if err != nil || derr != nil || s.expired(r, now) {
-			stale = append(stale, ds.RawKey(e.Key))
-			continue
-		}
-		set[p] = r
-	}
-	if err := res.Close(); err != nil {
-		return nil, err
-	}
-	if err := s.deleteKeys(ctx, stale); err != nil {
-		return nil, err
 	}
 	if s.present != nil && len(set) == 0 {
 		delete(s.present, enc)
 	}
 	s.cache.put(enc, set)
 	return set, nil
+}
+
+// dropExpired deletes the expired providers of set, and rewrites key's
+// entry (or deletes it, if none is left) when any went.
+func (s *Store) dropExpired(ctx context.Context, key []byte, set keySet, now time.Time) error {
+	n := len(set)
+	for p, r := range set {
+		if s.expired(r, now) {
+			delete(set, p)
+		}
+	}
+	if len(set) == n {
+		return nil
+	}
+	return s.write(ctx, setKey(key), set)
+}
+
+// write stores set as key's entry, or deletes the entry if set is empty.
+func (s *Store) write(ctx context.Context, k ds.Key, set keySet) error {
+	if len(set) == 0 {
+		return s.ds.Delete(ctx, k)
+	}
+	return s.ds.Put(ctx, k, encodeSet(set))
 }
 
 func (s *Store) deleteKeys(ctx context.Context, keys []ds.Key) error {
@@ -263,15 +284,19 @@ func (s *Store) deleteKeys(ctx context.Context, keys []ds.Key) error {
 
 // SweepStats says what one Sweep call did.
 type SweepStats struct {
-	Scanned int  // records examined
+	Entries int  // datastore entries read: keys, and records of the old layout
+	Scanned int  // provider records examined
 	Removed int  // expired or corrupt records deleted
 	Done    bool // the pass reached the end of the store; the next starts over
 }
 
-// Sweep examines at most budget records, in key order from where the
-// previous call stopped, and deletes the expired ones. Bounding each call
-// keeps the lock short and the work per tick small however many records
-// the store holds; call it until Done for a full pass.
+// Sweep reads at most budget datastore entries (one per key), in key
+// order from where the previous call stopped, and deletes the expired
+// records. Bounding each call keeps the lock short and the work per tick
+// small however many records the store holds; call it until Done for a
+// full pass. Records of the old layout (one entry per key and provider,
+// written by earlier versions) are moved into their key's entry, or
+// deleted if expired or corrupt.
 func (s *Store) Sweep(ctx context.Context, now time.Time, budget int) (SweepStats, error) {
 	var st SweepStats
 	if budget < 1 {
@@ -287,40 +312,113 @@ func (s *Store) Sweep(ctx context.Context, now time.Time, budget int) (SweepStat
 	if err != nil {
 		return st, fmt.Errorf("providers: sweep: %w", err)
 	}
-	var stale []ds.Key
-	last := ""
+	type legacy struct {
+		dsKey string
+		enc   string
+		p     peer.ID
+		r     *record
+	}
+	var (
+		stale   []ds.Key
+		moves   []legacy
+		rewrite = map[string]keySet{}
+		last    string
+	)
 	for e := range res.Next() {
 		if e.Error != nil {
 			_ = res.Close()
 			return st, fmt.Errorf("providers: sweep: %w", e.Error)
 		}
-		st.Scanned++
+		st.Entries++
 		last = e.Key
-		r, derr := decodeRecord(e.Value)
-		if derr == nil && !s.expired(r, now) {
+		enc := e.Key[len(Prefix):]
+		if strings.Contains(enc, "/") {
+			// The old layout: one record.
+			st.Scanned++
+			enc, p, err := parseDSKey(e.Key)
+			r, derr := decodeRecord(e.Value)
+			if err != nil || derr != nil || s.expired(r, now) {
+				stale = append(stale, ds.RawKey(e.Key))
+				st.Removed++
+				continue
+			}
+			moves = append(moves, legacy{e.Key, enc, p, r})
 			continue
 		}
-		stale = append(stale, ds.RawKey(e.Key))
-		if enc, p, err := parseDSKey(e.Key); err == nil {
-			if set, ok := s.cache.peek(enc); ok {
-				delete(set, p)
+		set, err := decodeSet(e.Value)
+		if err != nil {
+			stale = append(stale, ds.RawKey(e.Key))
+			st.Removed++
+			if cached, ok := s.cache.peek(enc); ok {
+				clear(cached)
 			}
+			continue
+		}
+		st.Scanned += len(set)
+		n := len(set)
+		for p, r := range set {
+			if s.expired(r, now) {
+				delete(set, p)
+				if cached, ok := s.cache.peek(enc); ok {
+					delete(cached, p)
+				}
+			}
+		}
+		if len(set) < n {
+			st.Removed += n - len(set)
+			rewrite[e.Key] = set
 		}
 	}
 	if err := res.Close(); err != nil {
 		return st, fmt.Errorf("providers: sweep: %w", err)
 	}
+	for k, set := range rewrite {
+		if err := s.write(ctx, ds.RawKey(k), set); err != nil {
+			return st, fmt.Errorf("providers: sweep: %w", err)
+		}
+	}
 	if err := s.deleteKeys(ctx, stale); err != nil {
 		return st, fmt.Errorf("providers: sweep: %w", err)
 	}
-	st.Removed = len(stale)
-	if st.Scanned < budget {
+	for _, m := range moves {
+		if err := s.migrate(ctx, m.enc, m.p, m.r, now); err != nil {
+			return st, fmt.Errorf("providers: sweep: %w", err)
+		}
+		if err := s.ds.Delete(ctx, ds.RawKey(m.dsKey)); err != nil {
+			return st, fmt.Errorf("providers: sweep: %w", err)
+		}
+	}
+	if st.Entries < budget {
 		st.Done = true
 		s.cursor = ""
 	} else {
 		s.cursor = last
 	}
 	return st, nil
+}
+
+// migrate adds an old-layout record of provider p to its key's entry,
+// unless the entry already has a newer record of p or is full.
+func (s *Store) migrate(ctx context.Context, enc string, p peer.ID, r *record, now time.Time) error {
+	key, err := b32.DecodeString(enc)
+	if err != nil || len(key) == 0 {
+		return nil // parseDSKey accepted it, but it names no key: drop it
+	}
+	set, err := s.load(ctx, key, now)
+	if err != nil {
+		return err
+	}
+	if cur, ok := set[p]; (ok && !cur.received.Before(r.received)) || (!ok && len(set) >= s.cfg.MaxPerKey) {
+		return nil
+	}
+	set[p] = &record{received: time.UnixMilli(r.received.UnixMilli()), addrsAt: time.UnixMilli(r.addrsAt.UnixMilli()), addrs: r.addrs}
+	if len(r.addrs) == 0 {
+		set[p].addrsAt = time.Time{}
+	}
+	if s.present != nil {
+		s.present[enc] = struct{}{}
+	}
+	return s.write(ctx, setKey(key), set)
 }
 
 // CachedKeys is how many keys the hot-key cache holds, for tests and

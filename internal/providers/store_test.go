@@ -2,8 +2,10 @@ package providers
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -27,15 +29,41 @@ func testConfig() Config {
 	return Config{Validity: validity, AddrTTL: addrTTL, MaxPerKey: 8, CacheKeys: 4}
 }
 
-// countingDS counts queries, to tell cache hits from datastore reads.
+// countingDS counts reads (queries and gets), to tell cache hits from
+// datastore reads, and queries alone.
 type countingDS struct {
 	ds.Batching
-	queries atomic.Int64
+	queries atomic.Int64 // Query and Get calls
+	prefix  atomic.Int64 // Query calls
 }
 
 func (c *countingDS) Query(ctx context.Context, q dsq.Query) (dsq.Results, error) {
 	c.queries.Add(1)
+	c.prefix.Add(1)
 	return c.Batching.Query(ctx, q)
+}
+
+func (c *countingDS) Get(ctx context.Context, k ds.Key) ([]byte, error) {
+	c.queries.Add(1)
+	return c.Batching.Get(ctx, k)
+}
+
+// encodeLegacy writes a record in the old layout's value format, as
+// earlier versions stored it under dsKey.
+func encodeLegacy(r *record) []byte {
+	b := []byte{legacyVersion}
+	b = binary.AppendVarint(b, r.received.UnixNano())
+	var at int64
+	if len(r.addrs) > 0 {
+		at = r.addrsAt.UnixNano()
+	}
+	b = binary.AppendVarint(b, at)
+	b = binary.AppendUvarint(b, uint64(len(r.addrs)))
+	for _, a := range r.addrs {
+		b = binary.AppendUvarint(b, uint64(len(a.Bytes())))
+		b = append(b, a.Bytes()...)
+	}
+	return b
 }
 
 func newDS() *countingDS {
@@ -230,9 +258,9 @@ func TestSweep(t *testing.T) {
 
 		var passes, removed, scanned int
 		for {
-			st, err := s.Sweep(ctx, time.Now(), 10)
+			st, err := s.Sweep(ctx, time.Now(), 2)
 			require.NoError(t, err)
-			require.LessOrEqual(t, st.Scanned, 10, "a call examines at most its budget")
+			require.LessOrEqual(t, st.Entries, 2, "a call reads at most its budget of entries")
 			passes++
 			removed += st.Removed
 			scanned += st.Scanned
@@ -241,10 +269,10 @@ func TestSweep(t *testing.T) {
 			}
 			require.Less(t, passes, 10, "sweep terminates")
 		}
-		require.Equal(t, 3, passes)
+		require.Equal(t, 3, passes, "5 keys, 2 a call")
 		require.Equal(t, 27, scanned)
 		require.Equal(t, 25, removed)
-		require.Equal(t, 2, dsCount(t, d))
+		require.Equal(t, 1, dsCount(t, d), "one entry per key: key-0's")
 		v, err := d.Get(ctx, ds.NewKey("/records/foo"))
 		require.NoError(t, err)
 		require.Equal(t, "a value record", string(v))
@@ -256,7 +284,7 @@ func TestSweep(t *testing.T) {
 
 		st, err := s.Sweep(ctx, time.Now(), 10)
 		require.NoError(t, err)
-		require.Equal(t, SweepStats{Scanned: 2, Done: true}, st, "the next pass starts over")
+		require.Equal(t, SweepStats{Entries: 1, Scanned: 2, Done: true}, st, "the next pass starts over")
 		_, err = s.Sweep(ctx, time.Now(), 0)
 		require.Error(t, err)
 	})
@@ -297,29 +325,72 @@ func TestCacheAndRestart(t *testing.T) {
 	require.Equal(t, 0, s2.CachedKeys())
 }
 
-// Garbage in the namespace is deleted on read instead of failing reads.
+// Garbage in the namespace is deleted on read instead of failing reads,
+// and garbage in the old layout by Sweep.
 func TestCorruptRecords(t *testing.T) {
 	ctx := context.Background()
 	d := newDS()
 	s := newStore(t, d, testConfig())
 	p := peers(t, 1)[0]
 	key := []byte("key")
-	require.NoError(t, d.Put(ctx, dsKey(key, p), []byte{9, 9, 9}))
-	require.NoError(t, d.Put(ctx, ds.RawKey(keyPrefix(key)+"not-base32!"), (&record{received: time.Now()}).encode()))
+	require.NoError(t, d.Put(ctx, setKey(key), []byte{setVersion, 1, 3, 9, 9, 9}))
 	got, err := s.Get(ctx, key, time.Now(), 0)
 	require.NoError(t, err)
 	require.Empty(t, got)
 	require.Equal(t, 0, dsCount(t, d))
+
+	require.NoError(t, d.Put(ctx, dsKey(key, p), []byte{9, 9, 9}))
+	require.NoError(t, d.Put(ctx, ds.RawKey(keyPrefix(key)+"not-base32!"), encodeLegacy(&record{received: time.Now()})))
+	st, err := s.Sweep(ctx, time.Now(), 10)
+	require.NoError(t, err)
+	require.Equal(t, SweepStats{Entries: 2, Scanned: 2, Removed: 2, Done: true}, st)
+	require.Equal(t, 0, dsCount(t, d))
+}
+
+// Records an earlier version stored one entry per provider are moved into
+// their key's entry by Sweep, keeping times and addresses; expired ones go.
+func TestSweepMigratesOldLayout(t *testing.T) {
+	ctx := context.Background()
+	d := newDS()
+	ps := peers(t, 3)
+	now := time.Unix(1_700_000_000, 0)
+	key := []byte("old-key")
+	for i, p := range ps {
+		r := &record{received: now.Add(-time.Duration(i) * time.Hour), addrsAt: now.Add(-time.Duration(i) * time.Hour), addrs: []ma.Multiaddr{addr(t, i)}}
+		if i == 2 {
+			r.received = now.Add(-validity - time.Second)
+		}
+		require.NoError(t, d.Put(ctx, dsKey(key, p), encodeLegacy(r)))
+	}
+	s := newStore(t, d, testConfig())
+	require.NoError(t, s.Add(ctx, key, ps[1], nil, now.Add(-30*time.Minute)), "a newer record of ps[1] wins over its old one")
+	for {
+		st, err := s.Sweep(ctx, now, 2)
+		require.NoError(t, err)
+		if st.Done {
+			break
+		}
+	}
+	require.Equal(t, 1, dsCount(t, d), "one entry for the key, the old ones gone")
+	got, err := s.Get(ctx, key, now, 0)
+	require.NoError(t, err)
+	// ps[1]'s newer record came without addresses, before the old one
+	// was read: it keeps none.
+	require.Equal(t, []peer.AddrInfo{{ID: ps[0], Addrs: []ma.Multiaddr{addr(t, 0)}}, {ID: ps[1]}}, got)
+	fresh := newStore(t, d, testConfig())
+	got2, err := fresh.Get(ctx, key, now, 0)
+	require.NoError(t, err)
+	require.Equal(t, got, got2, "read back from the datastore")
 }
 
 func TestRecordCodec(t *testing.T) {
-	t0 := time.Unix(1_700_000_000, 123)
+	t0 := time.Unix(1_700_000_000, 123_000_000)
 	cases := []*record{
 		{received: t0},
 		{received: t0, addrsAt: t0.Add(-time.Hour), addrs: []ma.Multiaddr{addr(t, 1), addr(t, 2)}},
 	}
 	for _, r := range cases {
-		got, err := decodeRecord(r.encode())
+		got, err := decodeRecord(encodeLegacy(r))
 		require.NoError(t, err)
 		require.True(t, r.received.Equal(got.received))
 		require.True(t, r.addrsAt.Equal(got.addrsAt))
@@ -328,26 +399,87 @@ func TestRecordCodec(t *testing.T) {
 			require.True(t, r.addrs[i].Equal(got.addrs[i]))
 		}
 	}
-	for _, bad := range [][]byte{nil, {2}, {1}, {1, 2}, {1, 2, 2}, {1, 2, 2, 1, 50}, append(cases[0].encode(), 0)} {
+	for _, bad := range [][]byte{nil, {2}, {1}, {1, 2}, {1, 2, 2}, {1, 2, 2, 1, 50}, append(encodeLegacy(cases[0]), 0)} {
 		_, err := decodeRecord(bad)
+		require.ErrorIs(t, err, errCorrupt, "%x", bad)
+	}
+
+	ps := peers(t, 2)
+	set := keySet{ps[0]: cases[0], ps[1]: cases[1]}
+	enc := encodeSet(set)
+	got, err := decodeSet(enc)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	for p, r := range set {
+		require.True(t, r.received.Equal(got[p].received), "%v", got[p].received)
+		require.True(t, r.addrsAt.Equal(got[p].addrsAt))
+		require.Equal(t, r.addrs, got[p].addrs)
+	}
+	require.Equal(t, enc, encodeSet(got), "the same set encodes the same")
+	for _, bad := range [][]byte{nil, {1}, {setVersion}, {setVersion, 1}, {setVersion, 9, 1, 2, 3}, append(slices.Clone(enc), 0), enc[:len(enc)-1]} {
+		_, err := decodeSet(bad)
 		require.ErrorIs(t, err, errCorrupt, "%x", bad)
 	}
 }
 
+// A provider record with one address takes well under the old layout's
+// room: about 140 bytes of key and value for a 34-byte multihash and an
+// Ed25519 provider, the key no longer repeated per provider.
+func TestStoredBytesPerRecord(t *testing.T) {
+	ctx := context.Background()
+	d := newDS()
+	s := newStore(t, d, testConfig())
+	p, err := peer.Decode("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
+	require.NoError(t, err)
+	key := make([]byte, 34)
+	key[0], key[1] = 0x12, 0x20
+	a := ma.StringCast("/ip6/100::1/tcp/4242")
+	require.NoError(t, s.Add(ctx, key, p, []ma.Multiaddr{a}, time.Now()))
+	res, err := d.Query(ctx, dsq.Query{Prefix: Prefix})
+	require.NoError(t, err)
+	all, err := res.Rest()
+	require.NoError(t, err)
+	require.Len(t, all, 1)
+	size := len(all[0].Key) + len(all[0].Value)
+	old := len(dsKey(key, p).String()) + len(encodeLegacy(&record{received: time.Now(), addrsAt: time.Now(), addrs: []ma.Multiaddr{a}}))
+	t.Logf("bytes per record: %d (old layout %d)", size, old)
+	require.Less(t, size, 145)
+	require.Less(t, size, old)
+}
+
 func FuzzDecodeRecord(f *testing.F) {
-	f.Add((&record{received: time.Unix(1, 0)}).encode())
+	f.Add(encodeLegacy(&record{received: time.Unix(1, 0)}))
 	f.Add([]byte{1, 2, 2, 1, 8, 4, 10, 0, 0, 1, 6, 0, 80})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord(b)
 		if err != nil {
 			return
 		}
-		again, err := decodeRecord(r.encode())
+		again, err := decodeRecord(encodeLegacy(r))
 		if err != nil {
 			t.Fatalf("re-encoded record does not decode: %v", err)
 		}
 		if len(again.addrs) != len(r.addrs) || !again.received.Equal(r.received) {
 			t.Fatalf("round trip changed the record")
+		}
+	})
+}
+
+func FuzzDecodeSet(f *testing.F) {
+	p, _ := peer.Decode("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
+	f.Add(encodeSet(keySet{p: {received: time.Unix(1, 0), addrsAt: time.Unix(1, 0), addrs: []ma.Multiaddr{ma.StringCast("/ip4/1.2.3.4/tcp/1")}}}))
+	f.Add([]byte{setVersion, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		set, err := decodeSet(b)
+		if err != nil {
+			return
+		}
+		again, err := decodeSet(encodeSet(set))
+		if err != nil {
+			t.Fatalf("re-encoded set does not decode: %v", err)
+		}
+		if len(again) != len(set) {
+			t.Fatalf("round trip changed the set")
 		}
 	})
 }
@@ -402,4 +534,24 @@ func TestFreshDatastoreIndex(t *testing.T) {
 			}
 		}
 	})
+}
+
+// On a datastore the store did not create, adding and reading keys costs
+// exact Gets only: no prefix query, whose cost on an unordered datastore
+// grows with everything it holds.
+func TestNoPrefixQueryPerKey(t *testing.T) {
+	ctx := context.Background()
+	d := newDS()
+	s := newStore(t, d, testConfig())
+	p := peers(t, 1)[0]
+	for i := 0; i < 200; i++ {
+		require.NoError(t, s.Add(ctx, []byte(fmt.Sprintf("k%d", i)), p, []ma.Multiaddr{addr(t, i)}, time.Now()))
+	}
+	for i := 0; i < 200; i++ {
+		got, err := s.Get(ctx, []byte(fmt.Sprintf("k%d", i)), time.Now(), 0)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+	}
+	require.Zero(t, d.prefix.Load())
+	require.Equal(t, int64(400), d.queries.Load(), "one Get per new key, one per read of a key no longer in the 4-key cache")
 }
