@@ -115,6 +115,9 @@ func TestStatusPageBrowser(t *testing.T) {
 		require.NoError(t, err)
 		_, err = n.d.GetClosestPeers(ctx, "key "+strconv.Itoa(i))
 		require.NoError(t, err)
+		// Real hosts and a real browser: the requests are spread over the
+		// page's polling period so its rates see traffic; this paces the
+		// load, it waits for nothing.
 		time.Sleep(300 * time.Millisecond)
 	}
 	_, err = chromedp.Run(bctx, chromedp.Poll[bool](
