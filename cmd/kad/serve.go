@@ -130,7 +130,11 @@ func reprovide(ctx context.Context, d *kad.DHT, cids []cid.Cid, out *printer) {
 	for {
 		failed := false
 		for _, c := range cids {
-			if err := d.Provide(ctx, c, true); err != nil {
+			// ProvideMany returns once every send is done (Provide
+			// returns earlier and finishes in the background): only then
+			// is the announcement reported, so a node stopped right after
+			// never reports one its peers did not get.
+			if err := d.ProvideMany(ctx, []cid.Cid{c}); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
