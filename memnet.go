@@ -228,7 +228,15 @@ func (n *memNetwork) identify(a, b *memNode) {
 // stop stops d abruptly, as a crash would: messages to it fail from now
 // on, its connections drop (each peer is told, as a swarm would tell it
 // of a disconnect), and it is closed.
-func (n *memNetwork) stop(d *DHT) error {
+func (n *memNetwork) stop(d *DHT) error { return n.halt(d, true) }
+
+// vanish stops d as stop does, but its peers are not told that their
+// connections dropped, as behind a partition before any keepalive
+// notices: only requests that fail to reach d show them it is gone.
+func (n *memNetwork) vanish(d *DHT) error { return n.halt(d, false) }
+
+// halt is stop, telling d's peers of the dropped connections or not.
+func (n *memNetwork) halt(d *DHT, tell bool) error {
 	n.mu.Lock()
 	node := n.nodes[d.self]
 	if node == nil || node.d != d {
@@ -248,7 +256,7 @@ func (n *memNetwork) stop(d *DHT) error {
 			continue
 		}
 		delete(n.conns, l)
-		if o := n.nodes[other]; n.running(o) {
+		if o := n.nodes[other]; tell && n.running(o) {
 			peers = append(peers, o)
 		}
 	}

@@ -13,10 +13,10 @@ import (
 	dssync "github.com/ipfs/go-datastore/sync"
 	godht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p-kad-dht/provider"
-	mh "github.com/multiformats/go-multihash"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
+	mh "github.com/multiformats/go-multihash"
 )
 
 var goImpl = Impl{

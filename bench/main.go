@@ -1,10 +1,11 @@
 // Command bench measures kad against go-libp2p-kad-dht v0.42.2 on the same
-// simulated networks in one process, and runs kad's routing code over an
-// in-memory network of up to 100,000 nodes. See README.md.
+// simulated networks in one process. kad's simulator (real kad nodes over
+// an in-memory network, in virtual time) runs from a test instead, since
+// virtual time needs testing/synctest: see sim_test.go and README.md.
 //
 //	go run . -impl kad,go-kad-dht -n 300 -latency 20ms -ops 100 -seed 1
 //	go run . -impl kad,go-kad-dht -n 300 -latency random -ops 100 -seed 1
-//	go run . -impl "" -sim 10000,100000
+//	KAD_SIM=10000 go test -run TestSimulate -timeout 0 -v
 package main
 
 import (
@@ -17,7 +18,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -35,12 +35,6 @@ type options struct {
 	p       Params
 	out     string
 	tag     string
-	sims    []int
-	simOps  int
-	simConv int
-	simNear float64
-	simA    int
-	simDC   bool
 	quiet   bool
 	replot  string
 	merge   bool
@@ -66,12 +60,6 @@ func parse(args []string) (*options, error) {
 	opTime := fs.Duration("op-timeout", time.Minute, "deadline of one operation")
 	out := fs.String("out", "results", "directory for the .md, .json, .svg and .png files")
 	tag := fs.String("tag", "", "base name of the output files (default from the parameters)")
-	sims := fs.String("sim", "", "comma-separated network sizes for kad's in-memory simulator (e.g. 10000,100000)")
-	simOps := fs.Int("sim-lookups", 500, "lookups measured per phase in the simulator")
-	simDC := fs.Bool("sim-disconnect-checks", false, "in the simulator, live nodes evict stopped table peers at once, as kad's disconnect checks do when table peers stay connected")
-	simA := fs.Int("sim-alpha", 0, "requests in flight per simulated lookup; 0: kad's default (10)")
-	simNear := fs.Float64("sim-near", 0, "in the simulator, the factor on the estimated k-th closest distance within which candidates are asked at once (lookup.NearFactor); 0: kad's, negative: off")
-	simConv := fs.Int("sim-converge", 0, "requests in flight while a simulated lookup converges (kad's ConvergeConcurrency); 0: alpha")
 	quiet := fs.Bool("q", false, "log only warnings")
 	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
 	replot := fs.String("replot", "", "rewrite the .md and charts of a saved .json report instead of running")
@@ -83,7 +71,7 @@ func parse(args []string) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	o := &options{tagSet: *tag != "", latTag: *lat, out: *out, tag: *tag, simOps: *simOps, simConv: *simConv, simNear: *simNear, simA: *simA, simDC: *simDC, quiet: *quiet, replot: *replot, merge: *merge}
+	o := &options{tagSet: *tag != "", latTag: *lat, out: *out, tag: *tag, quiet: *quiet, replot: *replot, merge: *merge}
 	for _, name := range strings.Split(*impl, ",") {
 		switch strings.TrimSpace(name) {
 		case "":
@@ -104,16 +92,6 @@ func parse(args []string) (*options, error) {
 			return nil, fmt.Errorf("bad -latency %q", *lat)
 		}
 		l.Min, l.Max = d, d
-	}
-	for _, s := range strings.Split(*sims, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 2 {
-			return nil, fmt.Errorf("bad -sim size %q", s)
-		}
-		o.sims = append(o.sims, v)
 	}
 	if *n < 2 || *ops < 1 || *churn < 0 || *churn >= 1 {
 		return nil, fmt.Errorf("need -n >= 2, -ops >= 1, 0 <= -churn < 1")
@@ -168,9 +146,6 @@ func (o *options) run() error {
 		if err := o.compare(); err != nil {
 			return err
 		}
-	}
-	if len(o.sims) > 0 {
-		return o.simulate()
 	}
 	return nil
 }

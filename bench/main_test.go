@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// TestSmoke runs the whole benchmark at a tiny size, both implementations
-// and the simulator, and checks that it works: every phase ran and
+// TestSmoke runs the whole benchmark at a tiny size, both implementations,
+// and checks that it works: every phase ran and
 // succeeded, and every output file exists. It asserts nothing about speed.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
@@ -18,13 +18,13 @@ func TestSmoke(t *testing.T) {
 	// Each implementation in its own call, the second merging into the
 	// first one's report.
 	args := []string{"-n", "20", "-ops", "5", "-q", "-out", out, "-tag", "smoke", "-latency", "random"}
-	if err := run(append(args, "-impl", "kad", "-sim", "200", "-sim-lookups", "20")); err != nil {
+	if err := run(append(args, "-impl", "kad")); err != nil {
 		t.Fatal(err)
 	}
 	if err := run(append(args, "-impl", "go-kad-dht", "-merge")); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"smoke.md", "smoke.json", "smoke-latency.svg", "smoke-latency.png", "sim-latrandom-seed1.md", "sim-latrandom-seed1.json"} {
+	for _, f := range []string{"smoke.md", "smoke.json", "smoke-latency.svg", "smoke-latency.png"} {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}
@@ -72,7 +72,6 @@ func TestParseRejectsBadFlags(t *testing.T) {
 		{"-latency", "soon"},
 		{"-n", "1"},
 		{"-churn", "1"},
-		{"-sim", "1"},
 	} {
 		if _, err := parse(args); err == nil {
 			t.Errorf("%v accepted", args)

@@ -43,16 +43,16 @@ type ProvideRun struct {
 	Store     string  `json:"store"`
 	Path      string  `json:"path"` // ProvideMany, reprovider pass, SweepingProvider
 	Keys      int     `json:"keys"`
-	WallSec   float64 `json:"wall_seconds"`   // until every record was handed over
-	ReadySec  float64 `json:"ready_seconds"`  // go: waiting for the start-up lookups before keys are accepted
-	Requests  int64   `json:"requests"`       // DHT messages received network-wide
-	Lookups   int64   `json:"lookups"`        // lookups the provider ran
-	Findable  float64 `json:"findable"`       // share of the sample found from another node
-	Placement float64 `json:"placement"`      // mean share of each CID's true 20 closest holding its record
-	PlaceMin  float64 `json:"placement_min"`  // worst CID
-	HeapMiB   float64 `json:"heap_peak_mib"`  // peak heap in use during the run, above the heap before it
-	Bytes     float64 `json:"bytes_per_rec"`  // datastore key+value bytes per provider record, network-wide
-	CPUSec    float64 `json:"cpu_seconds"`    // process CPU time during the run
+	WallSec   float64 `json:"wall_seconds"`  // until every record was handed over
+	ReadySec  float64 `json:"ready_seconds"` // go: waiting for the start-up lookups before keys are accepted
+	Requests  int64   `json:"requests"`      // DHT messages received network-wide
+	Lookups   int64   `json:"lookups"`       // lookups the provider ran
+	Findable  float64 `json:"findable"`      // share of the sample found from another node
+	Placement float64 `json:"placement"`     // mean share of each CID's true 20 closest holding its record
+	PlaceMin  float64 `json:"placement_min"` // worst CID
+	HeapMiB   float64 `json:"heap_peak_mib"` // peak heap in use during the run, above the heap before it
+	Bytes     float64 `json:"bytes_per_rec"` // datastore key+value bytes per provider record, network-wide
+	CPUSec    float64 `json:"cpu_seconds"`   // process CPU time during the run
 	Error     string  `json:"error,omitempty"`
 }
 
@@ -412,7 +412,9 @@ func measurePlacement(ctx context.Context, tn *testNet, stores []ds.Batching, pi
 }
 
 // b32enc is how both implementations name a key in their datastores.
-func b32enc(k []byte) string { return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(k) }
+func b32enc(k []byte) string {
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(k)
+}
 
 // provideCompare runs the providing phase for each implementation and
 // writes results/<tag>.{md,json}.

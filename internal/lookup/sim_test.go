@@ -11,10 +11,14 @@ import (
 	"github.com/kadlib/kad/internal/kbucket"
 )
 
-// simNet is a deterministic in-memory network: every node has a routing
-// table (its true closest neighbours plus a few random peers) and answers a
-// lookup request with the closest peers it knows to the target. Dead nodes
-// fail every request; evil nodes collude and answer only with evil nodes.
+// simNet is a fixed table of answers for the state machine's property
+// tests and benchmarks (TestLookupProperties, BenchmarkLookup): every node
+// knows a fixed set of peers (its true closest neighbours plus a few
+// random ones) and answers a request with the closest of them to the
+// target. Dead nodes fail every request; evil nodes collude and answer
+// only with evil nodes. It models no node: no time, no latency, no table
+// that changes. The network simulator, which runs real kad nodes, is
+// package kad's simulate.go (package sim).
 type simNet struct {
 	ids   []peer.ID
 	keys  []kbucket.ID

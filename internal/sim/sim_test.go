@@ -1,111 +1,91 @@
 package sim
 
 import (
-	"errors"
+	"crypto/sha256"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/kbucket"
 )
 
-func TestRunSmallNetwork(t *testing.T) {
-	res, err := Run(Config{N: 300, Seed: 1, Lookups: 50, Churn: 0.3})
-	require.NoError(t, err)
-	require.Equal(t, 300, res.Config.N)
-	require.Greater(t, res.TableSize, 20.0, "tables filled while joining")
-	require.GreaterOrEqual(t, res.Lookup.Recall, 0.98)
-	require.Greater(t, res.Lookup.RPCs, 0.0)
-	require.GreaterOrEqual(t, res.Lookup.HopsMax, res.Lookup.HopsP95)
-	require.LessOrEqual(t, res.Lookup.LatencyP50, res.Lookup.LatencyP95)
-	require.Zero(t, res.Lookup.DeadInResults)
-
-	require.NotNil(t, res.Churn)
-	require.Zero(t, res.Churn.DeadInResults, "a lookup returns only peers that answered")
-	require.Greater(t, res.Churn.Failed, 0.0, "stopped peers were still in tables")
-	require.GreaterOrEqual(t, res.Churn.Recall, 0.8)
-	t.Logf("%+v", *res.Churn)
-	require.GreaterOrEqual(t, res.Churn.RecordsFound, 0.98)
-}
-
-func TestRunIsDeterministic(t *testing.T) {
-	cfg := Config{N: 150, Seed: 7, Lookups: 20, Churn: 0.2}
-	a, err := Run(cfg)
-	require.NoError(t, err)
-	b, err := Run(cfg)
-	require.NoError(t, err)
-	a.Config.Logger, b.Config.Logger = nil, nil
-	require.Equal(t, a, b)
-	cfg.Seed = 8
-	c, err := Run(cfg)
-	require.NoError(t, err)
-	require.NotEqual(t, a.JoinRPCs, c.JoinRPCs)
-}
-
-func TestFixedLatency(t *testing.T) {
-	res, err := Run(Config{N: 100, Lookups: 10, LatencyMin: 20 * time.Millisecond, LatencyMax: 20 * time.Millisecond})
-	require.NoError(t, err)
-	// Every event is a 40 ms round trip, so lookups take whole multiples.
-	require.Zero(t, res.Lookup.LatencyP50%(40*time.Millisecond))
-	require.Nil(t, res.Churn)
-}
-
-func TestLinkLatencyIsSymmetricAndInRange(t *testing.T) {
-	n := newNetwork(Config{N: 50, Seed: 3}.withDefaults())
-	for a := range 50 {
-		for b := range 50 {
-			l := n.oneWay(a, b)
-			require.Equal(t, l, n.oneWay(b, a))
-			require.GreaterOrEqual(t, l, 5*time.Millisecond)
-			require.LessOrEqual(t, l, 100*time.Millisecond)
-		}
-	}
-}
+// The simulation itself is package kad's, tested through package sim;
+// here are the settings and the measurements.
 
 func TestInvalidConfig(t *testing.T) {
 	for _, c := range []Config{
 		{N: 1},
-		{N: 10, Beta: 30},
+		{N: 10, K: -1},
 		{N: 10, LatencyMin: 2, LatencyMax: 1},
+		{N: 10, FailDelay: -1},
 		{N: 10, Churn: 1},
 		{N: 10, Lookups: -1},
+		{N: 10, Bootstraps: -1},
 	} {
 		_, err := Run(c)
-		require.True(t, errors.Is(err, ErrInvalidConfig), "%+v: %v", c, err)
+		require.ErrorIs(t, err, ErrInvalidConfig, "%+v", c)
 	}
 }
 
-// Fewer requests in flight while converging trade round trips for
-// requests: the same network needs fewer requests per lookup and no
-// fewer hops, and still finds every true closest peer.
-func TestConvergeAlphaTradeoff(t *testing.T) {
-	run := func(conv int) *Result {
-		r, err := Run(Config{N: 500, Lookups: 100, Seed: 3, ConvergeAlpha: conv})
-		require.NoError(t, err)
-		return r
-	}
-	wide, narrow := run(0), run(4)
-	require.Equal(t, 10, wide.Config.ConvergeAlpha, "default: alpha")
-	require.Equal(t, 1.0, wide.Lookup.Recall)
-	require.Equal(t, 1.0, narrow.Lookup.Recall)
-	require.Less(t, narrow.Lookup.RPCs, wide.Lookup.RPCs)
-	require.GreaterOrEqual(t, narrow.Lookup.LatencyP50, wide.Lookup.LatencyP50)
-	_, err := Run(Config{N: 10, ConvergeAlpha: 11})
-	require.ErrorIs(t, err, ErrInvalidConfig)
+// Without package kad linked in there is nothing to run.
+func TestNoEngine(t *testing.T) {
+	_, err := Run(Config{N: 10})
+	require.ErrorIs(t, err, ErrNoEngine)
 }
 
-// With disconnect checks, stopped nodes leave every table at once, so
-// answers list live peers only and lookups right after the churn find the
-// live closest peers; without them answers are padded with dead peers.
-func TestDisconnectChecks(t *testing.T) {
-	run := func(checks bool) *Result {
-		r, err := Run(Config{N: 1000, Lookups: 200, Seed: 5, Churn: 0.3, DisconnectChecks: checks})
-		require.NoError(t, err)
-		return r
+func TestDefaults(t *testing.T) {
+	c := Config{N: 10}.WithDefaults()
+	require.Equal(t, 5*time.Millisecond, c.LatencyMin)
+	require.Equal(t, 100*time.Millisecond, c.LatencyMax)
+	require.Equal(t, c.LatencyMax, c.FailDelay)
+	require.Equal(t, 3, c.Bootstraps)
+	require.Equal(t, 1, c.Rounds)
+	require.Equal(t, 200, c.Lookups)
+	require.Zero(t, c.K, "the node's default, reported by the engine")
+	require.NotNil(t, c.Logger)
+}
+
+func TestSummarize(t *testing.T) {
+	var s []Sample
+	for i := range 20 {
+		s = append(s, Sample{Recall: 1, Requests: 20, Failed: 1, Messages: 22, Hops: int64(1 + i%3), Latency: time.Duration(i+1) * time.Millisecond})
 	}
-	without, with := run(false), run(true)
-	require.Zero(t, without.Churn.DeadInResults)
-	require.Zero(t, with.Churn.DeadInResults)
-	require.Less(t, without.Churn.Recall, 0.98)
-	require.GreaterOrEqual(t, with.Churn.Recall, 0.99)
-	require.Zero(t, with.Churn.Failed, "no request goes to a stopped node")
+	s[3].Recall, s[3].Err, s[3].Dead = 0.5, true, 2
+	ph := Summarize(s)
+	require.Equal(t, 20, ph.Lookups)
+	require.Equal(t, 1, ph.Errors)
+	require.InDelta(t, 0.975, ph.Recall, 1e-9)
+	require.Equal(t, 0.5, ph.RecallMin)
+	require.InDelta(t, 0.95, ph.Perfect, 1e-9)
+	require.Equal(t, 20.0, ph.RPCs)
+	require.Equal(t, 1.0, ph.Failed)
+	require.Equal(t, 22.0, ph.Messages)
+	require.Equal(t, 2, ph.DeadInResults)
+	require.Equal(t, 3, ph.HopsMax)
+	require.Equal(t, 2, ph.HopsP50)
+	require.Equal(t, 10*time.Millisecond, ph.LatencyP50)
+	require.Equal(t, 19*time.Millisecond, ph.LatencyP95)
+	require.Equal(t, Phase{RecallMin: 1}, Summarize(nil))
+}
+
+func TestTrueClosestAndRecall(t *testing.T) {
+	var ids []peer.ID
+	var keys []kbucket.ID
+	for i := range 100 {
+		h := sha256.Sum256(fmt.Appendf(nil, "peer-%d", i))
+		ids = append(ids, peer.ID(h[:]))
+		keys = append(keys, kbucket.PeerKey(ids[i]))
+	}
+	target := kbucket.KeyForBytes([]byte("target"))
+	got := TrueClosest(target, 20, ids, keys)
+	want := append([]peer.ID(nil), ids...)
+	kbucket.SortByDistance(want, target)
+	require.Equal(t, want[:20], got)
+	require.Len(t, TrueClosest(target, 20, ids[:5], keys[:5]), 5)
+	require.Equal(t, 1.0, Recall(got, want[:20]))
+	require.Equal(t, 0.5, Recall(got[:10], want[:20]))
+	require.Equal(t, 1.0, Recall(nil, nil))
 }
