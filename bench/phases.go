@@ -30,7 +30,9 @@ type Params struct {
 	Churn   float64 // fraction of nodes stopped before the churn phases
 	Seed    uint64
 	Latency Latency
-	OpTime  time.Duration // deadline of one operation
+	// Transport is mocknet (default), tcp or quic.
+	Transport string
+	OpTime    time.Duration // deadline of one operation
 	// Idle, if positive, is how long the network sits unused after setup
 	// before heap and goroutines are measured again.
 	Idle time.Duration
@@ -220,6 +222,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	st := &OpStats{Name: name, Ops: count, LatencyMS: make([]float64, count), Extra: map[string]float64{}}
 	ok := make([]bool, count)
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
+	conns0, setup0 := rn.tn.connSetup()
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range max(rn.p.Par, 1) {
@@ -250,6 +253,17 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		st.Extra["own_lookup_requests"] = float64(rn.tn.ownRequests()-own0) / float64(count)
 	}
 	st.CPUMS = ms(cpuTime()-cpu0) / float64(count)
+	if rn.tn.real != nil {
+		// Connection setup over the phase (see setupMeter): new outbound
+		// connections per operation, their setup time summed per
+		// operation, and the mean setup of one connection.
+		conns1, setup1 := rn.tn.connSetup()
+		st.Extra["new_conns"] = float64(conns1-conns0) / float64(count)
+		st.Extra["conn_setup_ms"] = ms(setup1-setup0) / float64(count)
+		if conns1 > conns0 {
+			st.Extra["conn_setup_each_ms"] = ms(setup1-setup0) / float64(conns1-conns0)
+		}
+	}
 	for _, v := range ok {
 		if v {
 			st.OK++
@@ -336,7 +350,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	log := p.Log.With("impl", impl.Name)
 	settle(10 * time.Second)
 	heap0, gr0 := memSnapshot()
-	tn, err := newHosts(impl, keys, p.Latency)
+	var tn *testNet
+	var err error
+	if p.Transport == "" || p.Transport == transportMock {
+		tn, err = newHosts(impl, keys, p.Latency)
+	} else {
+		tn, err = newRealHosts(impl, keys, p.Latency, p.Transport)
+	}
 	if err != nil {
 		res.Error = err.Error()
 		return res
