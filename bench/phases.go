@@ -64,6 +64,9 @@ type OpStats struct {
 	// Extra holds per-phase figures: recall, hops, dead peers returned,
 	// time to the first provider...
 	Extra map[string]float64 `json:"extra,omitempty"`
+	// NewConns is, per operation, how many connections its origin node
+	// opened while it ran (real transports only).
+	NewConns []int `json:"new_conns,omitempty"`
 	// FirstMS are times to the first provider (FindProviders phases).
 	FirstMS []float64 `json:"first_ms,omitempty"`
 	Skipped string    `json:"skipped,omitempty"`
@@ -221,6 +224,9 @@ type runner struct {
 func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx context.Context, i int) bool) *OpStats {
 	st := &OpStats{Name: name, Ops: count, LatencyMS: make([]float64, count), Extra: map[string]float64{}}
 	ok := make([]bool, count)
+	if rn.tn.real != nil {
+		st.NewConns = make([]int, count)
+	}
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
 	conns0, setup0 := rn.tn.connSetup()
 	next := make(chan int)
@@ -233,9 +239,13 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 				o := origin(i)
 				rn.locks[o].Lock()
 				ctx, cancel := context.WithTimeout(context.Background(), rn.p.OpTime)
+				c0 := rn.tn.nodeConns(o)
 				start := time.Now()
 				ok[i] = op(ctx, i)
 				st.LatencyMS[i] = ms(time.Since(start))
+				if rn.tn.real != nil {
+					st.NewConns[i] = int(rn.tn.nodeConns(o) - c0)
+				}
 				cancel()
 				rn.locks[o].Unlock()
 			}
@@ -262,6 +272,23 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		st.Extra["conn_setup_ms"] = ms(setup1-setup0) / float64(count)
 		if conns1 > conns0 {
 			st.Extra["conn_setup_each_ms"] = ms(setup1-setup0) / float64(conns1-conns0)
+		}
+		// Latency of the operations whose origin opened no connection,
+		// and of those that opened one or more.
+		var none, some []float64
+		for i, c := range st.NewConns {
+			if c == 0 {
+				none = append(none, st.LatencyMS[i])
+			} else {
+				some = append(some, st.LatencyMS[i])
+			}
+		}
+		st.Extra["ops_dialing"] = float64(len(some)) / float64(count)
+		if len(none) > 0 {
+			st.Extra["no_dial_p50_ms"], st.Extra["no_dial_p95_ms"] = percentile(none, 0.5), percentile(none, 0.95)
+		}
+		if len(some) > 0 {
+			st.Extra["dial_p50_ms"], st.Extra["dial_p95_ms"] = percentile(some, 0.5), percentile(some, 0.95)
 		}
 	}
 	for _, v := range ok {

@@ -3,12 +3,13 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/control"
 	ic "github.com/libp2p/go-libp2p/core/crypto"
@@ -69,6 +70,9 @@ type setupMeter struct {
 	start map[[2]peer.ID]time.Time
 	conns atomic.Int64 // outbound connections upgraded
 	nanos atomic.Int64 // their setup times, summed
+	// byNode counts each node's outbound connections, to attribute them
+	// to the operation the node was running (never two at once).
+	byNode []atomic.Int64
 }
 
 // gater is one host's ConnectionGater: it allows everything and feeds
@@ -76,6 +80,7 @@ type setupMeter struct {
 type gater struct {
 	m    *setupMeter
 	self peer.ID
+	i    int
 }
 
 func (g gater) InterceptPeerDial(peer.ID) bool { return true }
@@ -106,6 +111,7 @@ func (g gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason
 	delete(g.m.start, k)
 	g.m.mu.Unlock()
 	if ok {
+		g.m.byNode[g.i].Add(1)
 		g.m.conns.Add(1)
 		g.m.nanos.Add(int64(time.Since(t)))
 	}
@@ -120,9 +126,17 @@ func (g gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason
 func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string) (*testNet, error) {
 	// The tcp transport sets keepalives through a type assertion that the
 	// wrapped connection does not pass, and logs an error per connection;
-	// latDialer sets them on the socket instead.
-	_ = logging.SetLogLevel("tcp-tpt", "fatal")
+	// latDialer sets them on the socket instead. go-libp2p's loggers read
+	// GOLOG_LOG_LEVEL at their first message.
+	quiet := "tcp-tpt=ERROR+4"
+	if v := os.Getenv("GOLOG_LOG_LEVEL"); !strings.Contains(v, quiet) {
+		if v != "" {
+			quiet = v + "," + quiet
+		}
+		_ = os.Setenv("GOLOG_LOG_LEVEL", quiet)
+	}
 	rn := &realNet{lat: lat, ports: map[int]int{}}
+	rn.setup.byNode = make([]atomic.Int64, len(keys))
 	tn := &testNet{impl: impl, real: rn, transport: tr, dead: make([]bool, len(keys)), index: make(map[peer.ID]int)}
 	for i, sk := range keys {
 		id, err := peer.IDFromPrivateKey(sk)
@@ -133,7 +147,7 @@ func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string) (*testNe
 			libp2p.Identity(sk),
 			libp2p.NoTransports,
 			libp2p.ResourceManager(&network.NullResourceManager{}),
-			libp2p.ConnectionGater(gater{m: &rn.setup, self: id}),
+			libp2p.ConnectionGater(gater{m: &rn.setup, self: id, i: i}),
 			libp2p.DisableRelay(),
 			libp2p.DisableMetrics(),
 			libp2p.DisableIdentifyAddressDiscovery(),
@@ -215,6 +229,14 @@ func (c *latPacketConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	b := append([]byte(nil), p...)
 	time.AfterFunc(d, func() { _, _ = c.PacketConn.WriteTo(b, addr) })
 	return len(p), nil
+}
+
+// nodeConns is how many outbound connections node i has opened so far.
+func (tn *testNet) nodeConns(i int) int64 {
+	if tn.real == nil {
+		return 0
+	}
+	return tn.real.setup.byNode[i].Load()
 }
 
 // connSetup is the meter's totals, to take differences over a phase.
