@@ -89,7 +89,9 @@ type ImplResult struct {
 	// any operation, when idle streams have been closed.
 	// ConnsPerNode is the open connections per node right after setup
 	// (each connection counted at both ends).
-	ConnsPerNode   float64    `json:"conns_per_node,omitempty"`
+	ConnsPerNode float64 `json:"conns_per_node,omitempty"`
+	// PeersPerNode is the distinct peers each node is connected to.
+	PeersPerNode   float64    `json:"connected_peers_per_node,omitempty"`
 	HeapIdleMiB    float64    `json:"heap_per_node_idle_mib,omitempty"`
 	GoroutinesIdle float64    `json:"goroutines_per_node_idle,omitempty"`
 	LoadAvg        [2]string  `json:"loadavg"` // before and after this implementation ran
@@ -415,11 +417,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	}
 	mib := float64(1 << 20)
 	n := float64(p.N)
-	conns := 0
+	conns, peers := 0, 0
 	for _, h := range tn.hosts {
 		conns += len(h.Network().Conns())
+		peers += len(h.Network().Peers())
 	}
 	res.ConnsPerNode = float64(conns) / n
+	res.PeersPerNode = float64(peers) / n
 	res.HeapPerNodeMiB = (float64(heap2) - float64(heap1)) / n / mib
 	res.HeapPerNodeTotalMiB = (float64(heap2) - float64(heap0)) / n / mib
 	res.GoroutinesPerNode = float64(gr2-gr1) / n

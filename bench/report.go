@@ -123,6 +123,7 @@ func rows() []row {
 		{"goroutines per node (DHT share)", func(r *ImplResult) (float64, bool) { return r.GoroutinesPerNode, r.SetupSeconds > 0 }, "%.1f", ratioAtMost(0.25)},
 		{"goroutines per node (with host)", func(r *ImplResult) (float64, bool) { return r.GoroutinesTotalPerNod, r.SetupSeconds > 0 }, "%.1f", nil},
 		{"open connections per node after setup", func(r *ImplResult) (float64, bool) { return r.ConnsPerNode, r.ConnsPerNode > 0 }, "%.1f", nil},
+		{"connected peers per node after setup", func(r *ImplResult) (float64, bool) { return r.PeersPerNode, r.PeersPerNode > 0 }, "%.1f", nil},
 		{"heap per node after idle (DHT share), MiB", func(r *ImplResult) (float64, bool) { return r.HeapIdleMiB, r.HeapIdleMiB != 0 }, "%.2f", ratioAtMost(0.5)},
 		{"goroutines per node after idle (DHT share)", func(r *ImplResult) (float64, bool) { return r.GoroutinesIdle, r.HeapIdleMiB != 0 }, "%.1f", ratioAtMost(0.25)},
 		{"GetClosestPeers recall of true 20", extra(gcp, "recall"), "%.3f", atLeastTheirsAnd(0.98)},
