@@ -50,6 +50,7 @@ func parse(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	impl := fs.String("impl", "kad,go-kad-dht", "implementations to run, comma-separated: kad, go-kad-dht; empty for none")
 	n := fs.Int("n", 100, "nodes in the mocknet")
+	transport := fs.String("transport", transportMock, "network: mocknet (simulated, no handshakes), tcp (go-libp2p hosts on 127.0.0.1, TCP + Noise + Yamux) or quic (QUIC + TLS); links carry -latency on every transport")
 	lat := fs.String("latency", "20ms", `one-way latency of every link, or "random" for 5-100 ms per link from the seed`)
 	ops := fs.Int("ops", 100, "operations per phase")
 	par := fs.Int("par", 4, "operations in flight at once (never two on one node)")
@@ -93,6 +94,11 @@ func parse(args []string) (*options, error) {
 		}
 		l.Min, l.Max = d, d
 	}
+	switch *transport {
+	case transportMock, transportTCP, transportQUIC:
+	default:
+		return nil, fmt.Errorf("bad -transport %q", *transport)
+	}
 	if *n < 2 || *ops < 1 || *churn < 0 || *churn >= 1 {
 		return nil, fmt.Errorf("need -n >= 2, -ops >= 1, 0 <= -churn < 1")
 	}
@@ -115,11 +121,14 @@ func parse(args []string) (*options, error) {
 	if *quiet {
 		level = slog.LevelWarn
 	}
-	o.p = Params{N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh, Idle: *idle,
+	o.p = Params{Transport: *transport, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh, Idle: *idle,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if o.tag == "" {
 		ln := "lat" + *lat
 		o.tag = fmt.Sprintf("n%d-%s-seed%d", *n, ln, *seed)
+		if *transport != transportMock {
+			o.tag = *transport + "-" + o.tag
+		}
 	}
 	return o, nil
 }
@@ -231,6 +240,9 @@ func (o *options) compare() error {
 	rep.LoadAvg[0] = loadAvg()
 	rep.Params.N, rep.Params.Ops, rep.Params.Par = o.p.N, o.p.Ops, o.p.Par
 	rep.Params.Churn, rep.Params.Seed, rep.Params.Latency = o.p.Churn, o.p.Seed, o.p.Latency.String()
+	if o.p.Transport != transportMock {
+		rep.Params.Transport = o.p.Transport
+	}
 	rep.Params.Refresh = "default (10m)"
 	if o.p.Refresh > 0 {
 		rep.Params.Refresh = o.p.Refresh.String()

@@ -66,10 +66,50 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
+// TestSmokeTCP runs both implementations on 10 go-libp2p hosts over
+// loopback TCP (Noise, Yamux, 20 ms injected per link), a few operations
+// per phase, and checks that everything succeeded and that connection
+// setup was measured.
+func TestSmokeTCP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two 10-node TCP networks")
+	}
+	out := t.TempDir()
+	o, err := parse([]string{"-transport", "tcp", "-n", "10", "-ops", "3", "-q", "-out", out, "-tag", "tcp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.run(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "tcp.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Params.Transport != "tcp" || len(rep.Results) != 2 {
+		t.Fatalf("transport %q, %d implementations", rep.Params.Transport, len(rep.Results))
+	}
+	for _, res := range rep.Results {
+		for _, ph := range res.Phases {
+			if ph.Skipped == "" && ph.Success < 1 {
+				t.Errorf("%s: %s succeeded %d of %d", res.Impl, ph.Name, ph.OK, ph.Ops)
+			}
+		}
+		if _, ok := res.phase("GetClosestPeers").Extra["new_conns"]; !ok {
+			t.Errorf("%s: connection setup not measured", res.Impl)
+		}
+	}
+}
+
 func TestParseRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-impl", "nope"},
 		{"-latency", "soon"},
+		{"-transport", "udp"},
 		{"-n", "1"},
 		{"-churn", "1"},
 	} {

@@ -212,12 +212,15 @@ type testNet struct {
 	sendBuf bool
 	// nodeCfg, if set, adjusts node i's configuration before it starts.
 	nodeCfg func(i int, nc *nodeConfig)
+	// transport is mocknet (mn set) or tcp / quic (real set).
+	transport string
+	real      *realNet
 }
 
 // newHosts builds the mocknet: n hosts with seeded identities, every pair
 // linked with its latency. No DHT yet.
 func newHosts(impl Impl, keys []ic.PrivKey, lat Latency) (*testNet, error) {
-	tn := &testNet{impl: impl, mn: mocknet.New(), dead: make([]bool, len(keys)), index: make(map[peer.ID]int)}
+	tn := &testNet{impl: impl, mn: mocknet.New(), transport: transportMock, dead: make([]bool, len(keys)), index: make(map[peer.ID]int)}
 	for i, sk := range keys {
 		ip := make(net.IP, net.IPv6len)
 		copy(ip, net.ParseIP("100::"))
@@ -335,8 +338,17 @@ func (tn *testNet) startDHTs(ctx context.Context, bootIdx [][]int, refresh time.
 // fail, and its connections are closed under its peers, as a crashed
 // process's are. Its DHT gets no chance to say goodbye; cut off from
 // everyone, it runs on unseen until the network is torn down.
+//
+// On a real transport the node's host is closed: its connections go down
+// under its peers and dials to its port are refused, as when a process
+// crashes on a machine that stays up. Its DHT is left running on the
+// closed host.
 func (tn *testNet) stop(i int) {
 	tn.dead[i] = true
+	if tn.mn == nil {
+		_ = tn.hosts[i].Close()
+		return
+	}
 	for j := range tn.ids {
 		if j != i {
 			_ = tn.mn.UnlinkPeers(tn.ids[i], tn.ids[j])
@@ -355,5 +367,13 @@ func (tn *testNet) close() {
 		go func() { defer wg.Done(); _ = d.Close() }()
 	}
 	wg.Wait()
-	_ = tn.mn.Close()
+	if tn.mn != nil {
+		_ = tn.mn.Close()
+		return
+	}
+	for _, h := range tn.hosts {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = h.Close() }()
+	}
+	wg.Wait()
 }

@@ -30,7 +30,9 @@ type Params struct {
 	Churn   float64 // fraction of nodes stopped before the churn phases
 	Seed    uint64
 	Latency Latency
-	OpTime  time.Duration // deadline of one operation
+	// Transport is mocknet (default), tcp or quic.
+	Transport string
+	OpTime    time.Duration // deadline of one operation
 	// Idle, if positive, is how long the network sits unused after setup
 	// before heap and goroutines are measured again.
 	Idle time.Duration
@@ -62,6 +64,9 @@ type OpStats struct {
 	// Extra holds per-phase figures: recall, hops, dead peers returned,
 	// time to the first provider...
 	Extra map[string]float64 `json:"extra,omitempty"`
+	// NewConns is, per operation, how many connections its origin node
+	// opened while it ran (real transports only).
+	NewConns []int `json:"new_conns,omitempty"`
 	// FirstMS are times to the first provider (FindProviders phases).
 	FirstMS []float64 `json:"first_ms,omitempty"`
 	Skipped string    `json:"skipped,omitempty"`
@@ -82,6 +87,11 @@ type ImplResult struct {
 	GoroutinesTotalPerNod float64 `json:"goroutines_per_node_total"`
 	// The same per-node figures (DHT share) after Params.Idle without
 	// any operation, when idle streams have been closed.
+	// ConnsPerNode is the open connections per node right after setup
+	// (each connection counted at both ends).
+	ConnsPerNode float64 `json:"conns_per_node,omitempty"`
+	// PeersPerNode is the distinct peers each node is connected to.
+	PeersPerNode   float64    `json:"connected_peers_per_node,omitempty"`
 	HeapIdleMiB    float64    `json:"heap_per_node_idle_mib,omitempty"`
 	GoroutinesIdle float64    `json:"goroutines_per_node_idle,omitempty"`
 	LoadAvg        [2]string  `json:"loadavg"` // before and after this implementation ran
@@ -219,7 +229,11 @@ type runner struct {
 func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx context.Context, i int) bool) *OpStats {
 	st := &OpStats{Name: name, Ops: count, LatencyMS: make([]float64, count), Extra: map[string]float64{}}
 	ok := make([]bool, count)
+	if rn.tn.real != nil {
+		st.NewConns = make([]int, count)
+	}
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
+	conns0, setup0 := rn.tn.connSetup()
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range max(rn.p.Par, 1) {
@@ -230,9 +244,13 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 				o := origin(i)
 				rn.locks[o].Lock()
 				ctx, cancel := context.WithTimeout(context.Background(), rn.p.OpTime)
+				c0 := rn.tn.nodeConns(o)
 				start := time.Now()
 				ok[i] = op(ctx, i)
 				st.LatencyMS[i] = ms(time.Since(start))
+				if rn.tn.real != nil {
+					st.NewConns[i] = int(rn.tn.nodeConns(o) - c0)
+				}
 				cancel()
 				rn.locks[o].Unlock()
 			}
@@ -250,6 +268,34 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		st.Extra["own_lookup_requests"] = float64(rn.tn.ownRequests()-own0) / float64(count)
 	}
 	st.CPUMS = ms(cpuTime()-cpu0) / float64(count)
+	if rn.tn.real != nil {
+		// Connection setup over the phase (see setupMeter): new outbound
+		// connections per operation, their setup time summed per
+		// operation, and the mean setup of one connection.
+		conns1, setup1 := rn.tn.connSetup()
+		st.Extra["new_conns"] = float64(conns1-conns0) / float64(count)
+		st.Extra["conn_setup_ms"] = ms(setup1-setup0) / float64(count)
+		if conns1 > conns0 {
+			st.Extra["conn_setup_each_ms"] = ms(setup1-setup0) / float64(conns1-conns0)
+		}
+		// Latency of the operations whose origin opened no connection,
+		// and of those that opened one or more.
+		var none, some []float64
+		for i, c := range st.NewConns {
+			if c == 0 {
+				none = append(none, st.LatencyMS[i])
+			} else {
+				some = append(some, st.LatencyMS[i])
+			}
+		}
+		st.Extra["ops_dialing"] = float64(len(some)) / float64(count)
+		if len(none) > 0 {
+			st.Extra["no_dial_p50_ms"], st.Extra["no_dial_p95_ms"] = percentile(none, 0.5), percentile(none, 0.95)
+		}
+		if len(some) > 0 {
+			st.Extra["dial_p50_ms"], st.Extra["dial_p95_ms"] = percentile(some, 0.5), percentile(some, 0.95)
+		}
+	}
 	for _, v := range ok {
 		if v {
 			st.OK++
@@ -336,7 +382,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	log := p.Log.With("impl", impl.Name)
 	settle(10 * time.Second)
 	heap0, gr0 := memSnapshot()
-	tn, err := newHosts(impl, keys, p.Latency)
+	var tn *testNet
+	var err error
+	if p.Transport == "" || p.Transport == transportMock {
+		tn, err = newHosts(impl, keys, p.Latency)
+	} else {
+		tn, err = newRealHosts(impl, keys, p.Latency, p.Transport)
+	}
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -365,6 +417,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	}
 	mib := float64(1 << 20)
 	n := float64(p.N)
+	conns, peers := 0, 0
+	for _, h := range tn.hosts {
+		conns += len(h.Network().Conns())
+		peers += len(h.Network().Peers())
+	}
+	res.ConnsPerNode = float64(conns) / n
+	res.PeersPerNode = float64(peers) / n
 	res.HeapPerNodeMiB = (float64(heap2) - float64(heap1)) / n / mib
 	res.HeapPerNodeTotalMiB = (float64(heap2) - float64(heap0)) / n / mib
 	res.GoroutinesPerNode = float64(gr2-gr1) / n

@@ -29,6 +29,8 @@ type Report struct {
 		Seed    uint64  `json:"seed"`
 		Latency string  `json:"latency"`
 		Refresh string  `json:"refresh"`
+		// Transport is empty for mocknet.
+		Transport string `json:"transport,omitempty"`
 	} `json:"params"`
 	GoVersion string `json:"go_version"`
 	// LoadAvg is /proc/loadavg before and after: the machine is shared,
@@ -120,6 +122,8 @@ func rows() []row {
 		{"heap per node (with host), MiB", func(r *ImplResult) (float64, bool) { return r.HeapPerNodeTotalMiB, r.SetupSeconds > 0 }, "%.2f", nil},
 		{"goroutines per node (DHT share)", func(r *ImplResult) (float64, bool) { return r.GoroutinesPerNode, r.SetupSeconds > 0 }, "%.1f", ratioAtMost(0.25)},
 		{"goroutines per node (with host)", func(r *ImplResult) (float64, bool) { return r.GoroutinesTotalPerNod, r.SetupSeconds > 0 }, "%.1f", nil},
+		{"open connections per node after setup", func(r *ImplResult) (float64, bool) { return r.ConnsPerNode, r.ConnsPerNode > 0 }, "%.1f", nil},
+		{"connected peers per node after setup", func(r *ImplResult) (float64, bool) { return r.PeersPerNode, r.PeersPerNode > 0 }, "%.1f", nil},
 		{"heap per node after idle (DHT share), MiB", func(r *ImplResult) (float64, bool) { return r.HeapIdleMiB, r.HeapIdleMiB != 0 }, "%.2f", ratioAtMost(0.5)},
 		{"goroutines per node after idle (DHT share)", func(r *ImplResult) (float64, bool) { return r.GoroutinesIdle, r.HeapIdleMiB != 0 }, "%.1f", ratioAtMost(0.25)},
 		{"GetClosestPeers recall of true 20", extra(gcp, "recall"), "%.3f", atLeastTheirsAnd(0.98)},
@@ -131,6 +135,14 @@ func rows() []row {
 		{"GetClosestPeers hops", extra(gcp, "hops"), "%.2f", nil},
 		{"GetClosestPeers latency p50, ms", p50(gcp), "ms", ratioAtMost(0.7)},
 		{"GetClosestPeers latency p95, ms", p95(gcp), "ms", ratioAtMost(0.6)},
+		{"GetClosestPeers new connections per lookup", extra(gcp, "new_conns"), "%.1f", nil},
+		{"GetClosestPeers connection setup per lookup (summed over its new connections), ms", extra(gcp, "conn_setup_ms"), "ms", nil},
+		{"GetClosestPeers setup of one connection (mean), ms", extra(gcp, "conn_setup_each_ms"), "ms", nil},
+		{"GetClosestPeers lookups whose origin dialled", extra(gcp, "ops_dialing"), "%.2f", nil},
+		{"… their latency p50, ms", extra(gcp, "dial_p50_ms"), "ms", nil},
+		{"… their latency p95, ms", extra(gcp, "dial_p95_ms"), "ms", nil},
+		{"… the others' latency p50, ms", extra(gcp, "no_dial_p50_ms"), "ms", nil},
+		{"… the others' latency p95, ms", extra(gcp, "no_dial_p95_ms"), "ms", nil},
 		{"GetClosestPeers CPU per lookup, ms", phaseVal(gcp, func(p *OpStats) float64 { return p.CPUMS }), "%.1f", nil},
 		{"FindPeer success", success("FindPeer"), "%.2f", nil},
 		{"FindPeer latency p50, ms", p50("FindPeer"), "ms", nil},
@@ -149,6 +161,7 @@ func rows() []row {
 		{"Provide latency p50, ms", p50("Provide"), "ms", ratioAtMost(0.3)},
 		{"Provide latency p95, ms", p95("Provide"), "ms", nil},
 		{"Provide RPCs per op", rpcs("Provide"), "%.1f", nil},
+		{"Provide new connections per op", extra("Provide", "new_conns"), "%.1f", nil},
 		{"FindProviders success", success("FindProviders"), "%.2f", nil},
 		{"time to first provider p50, ms", extra("FindProviders", "first_p50_ms"), "ms", nil},
 		{"time to first provider p95, ms", extra("FindProviders", "first_p95_ms"), "ms", nil},
@@ -171,6 +184,9 @@ func rows() []row {
 func (r *Report) markdown() string {
 	var b strings.Builder
 	p := r.Params
+	if p.Transport != "" {
+		fmt.Fprintf(&b, "transport %s, ", p.Transport)
+	}
 	fmt.Fprintf(&b, "N = %d, latency %s, %d ops per phase (%d in flight), churn %.0f%%, seed %d, periodic refresh %s, %s, %d CPUs; load average",
 		p.N, p.Latency, p.Ops, p.Par, p.Churn*100, p.Seed, p.Refresh, r.GoVersion, r.CPUs)
 	for _, res := range r.Results {
