@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,46 +47,7 @@ func newTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 		tn.nodes = append(tn.nodes, d)
 	}
 	require.NoError(t, mn.LinkAll())
-	// Each node joins through up to 3 random earlier nodes; the joins run a
-	// few at a time, as nodes would arrive in a real network.
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for i, d := range tn.nodes {
-		if i == 0 {
-			continue
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			// Joining is connecting to the bootstrap peers and a
-			// self-lookup; the bucket refreshes of Bootstrap would
-			// multiply setup time for little gain in a test network.
-			if err := d.keeper.connectBootstrapPeers(ctx); err != nil {
-				t.Errorf("join: %v", err)
-				return
-			}
-			if _, err := d.GetClosestPeers(ctx, string(d.self)); err != nil {
-				t.Errorf("join: self lookup: %v", err)
-			}
-		}()
-		if i%16 == 0 {
-			wg.Wait()
-		}
-	}
-	wg.Wait()
-	// A second round lets early nodes learn of late ones, as refresh would.
-	for _, d := range tn.nodes {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, _ = d.GetClosestPeers(ctx, string(d.self))
-		}()
-	}
-	wg.Wait()
+	tn.join(t, ctx)
 	return tn
 }
 

@@ -49,6 +49,16 @@ func newMemTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 		infos = append(infos, memInfo(d))
 		tn.nodes = append(tn.nodes, d)
 	}
+	tn.join(t, ctx)
+	return tn
+}
+
+// join has every node but the first connect to its bootstrap peers and
+// look itself up, a few at a time, as nodes would arrive in a real
+// network (the bucket refreshes of Bootstrap would multiply setup time
+// for little gain in a test network); then a second round of self
+// lookups lets early nodes learn of late ones, as refresh would.
+func (tn *testNet) join(t testing.TB, ctx context.Context) {
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	for i, d := range tn.nodes {
@@ -79,5 +89,4 @@ func newMemTestNet(t testing.TB, n int, seed uint64, opts ...Option) *testNet {
 		})
 	}
 	wg.Wait()
-	return tn
 }
