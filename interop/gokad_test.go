@@ -103,13 +103,22 @@ func TestGoKadLines(t *testing.T) {
 			return b.RoutingTable().Find(a.Host().ID()) && b.RoutingTable().Find(c.Host().ID())
 		})
 		eventually(t, 10*time.Second, "go end knows the middle", func() bool { return a.RoutingTable().Find(b.Host().ID()) != "" })
+		// Each go end refreshes at once while its table is small, learns
+		// the other from the kad middle and dials it; let those refreshes
+		// finish first. The ends can only learn of each other through b,
+		// and two ends dialling each other at the same moment can lose a
+		// stream to the crossing, which is libp2p's race, not the DHT's
+		// (a CI run once failed here without this wait).
+		eventually(t, 10*time.Second, "go ends learn of each other through the kad middle", func() bool {
+			return a.RoutingTable().Find(c.Host().ID()) != "" && c.RoutingTable().Find(a.Host().ID()) != ""
+		})
 		ai, err := a.FindPeer(ctx, c.Host().ID())
-		require.NoError(t, err)
+		require.NoError(t, err, "go end's table: %v", a.RoutingTable().ListPeers())
 		require.Equal(t, c.Host().ID(), ai.ID)
 		require.NotEmpty(t, ai.Addrs)
 		closest, err := a.GetClosestPeers(ctx, "some key")
-		require.NoError(t, err)
-		require.ElementsMatch(t, []peer.ID{b.Host().ID(), c.Host().ID()}, closest)
+		require.NoError(t, err, "go end's table: %v", a.RoutingTable().ListPeers())
+		require.ElementsMatch(t, []peer.ID{b.Host().ID(), c.Host().ID()}, closest, "go end's table: %v", a.RoutingTable().ListPeers())
 	})
 }
 
