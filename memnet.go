@@ -52,17 +52,28 @@ type memNetwork struct {
 	rng            *rand.ChaCha8 // identities, drawn in the order nodes are added
 	port           int           // the last fake TCP port handed out
 	nodes          map[peer.ID]*memNode
-	conns          map[memLink]bool
+	// conns holds each connection under both its ends, so a node's
+	// connections are found without scanning everyone's (a stop at
+	// 10,000 nodes).
+	conns map[peer.ID]map[peer.ID]struct{}
 }
 
-// memLink is an unordered pair of peers: a < b.
-type memLink struct{ a, b peer.ID }
-
-func linkOf(a, b peer.ID) memLink {
-	if b < a {
-		a, b = b, a
+// link records a connection between a and b. Under n.mu.
+func (n *memNetwork) link(a, b peer.ID) {
+	for _, e := range [2][2]peer.ID{{a, b}, {b, a}} {
+		m := n.conns[e[0]]
+		if m == nil {
+			m = make(map[peer.ID]struct{})
+			n.conns[e[0]] = m
+		}
+		m[e[1]] = struct{}{}
 	}
-	return memLink{a, b}
+}
+
+// linked reports whether a and b are connected. Under n.mu.
+func (n *memNetwork) linked(a, b peer.ID) bool {
+	_, ok := n.conns[a][b]
+	return ok
 }
 
 // memNode is one node of a memNetwork: its identity, its own peerstore
@@ -91,7 +102,7 @@ func newMemNetwork(seed uint64, latencyMin, latencyMax time.Duration) *memNetwor
 		rng:       rand.NewChaCha8(s),
 		port:      4000,
 		nodes:     make(map[peer.ID]*memNode),
-		conns:     make(map[memLink]bool),
+		conns:     make(map[peer.ID]map[peer.ID]struct{}),
 	}
 }
 
@@ -105,13 +116,15 @@ func (n *memNetwork) latency(a, b peer.ID) time.Duration {
 	if latMax <= latMin {
 		return latMin
 	}
-	l := linkOf(a, b)
+	if b < a {
+		a, b = b, a
+	}
 	h := fnv.New64a()
 	var s [8]byte
 	binary.LittleEndian.PutUint64(s[:], n.seed)
 	_, _ = h.Write(s[:])
-	_, _ = h.Write([]byte(l.a))
-	_, _ = h.Write([]byte(l.b))
+	_, _ = h.Write([]byte(a))
+	_, _ = h.Write([]byte(b))
 	return latMin + time.Duration(h.Sum64()%uint64(latMax-latMin+1))
 }
 
@@ -204,7 +217,7 @@ func (n *memNetwork) connect(a, b *DHT) error {
 		n.mu.Unlock()
 		return fmt.Errorf("kad: memnet: connect %s and %s: not both running", a.self, b.self)
 	}
-	n.conns[linkOf(a.self, b.self)] = true
+	n.link(a.self, b.self)
 	n.mu.Unlock()
 	n.identify(na, nb)
 	return nil
@@ -245,21 +258,13 @@ func (n *memNetwork) halt(d *DHT, tell bool) error {
 	}
 	node.stopped = true
 	var peers []*memNode
-	for l := range n.conns {
-		var other peer.ID
-		switch d.self {
-		case l.a:
-			other = l.b
-		case l.b:
-			other = l.a
-		default:
-			continue
-		}
-		delete(n.conns, l)
+	for other := range n.conns[d.self] {
+		delete(n.conns[other], d.self)
 		if o := n.nodes[other]; tell && n.running(o) {
 			peers = append(peers, o)
 		}
 	}
+	delete(n.conns, d.self)
 	n.mu.Unlock()
 	for _, o := range peers {
 		o.ps.UpdateAddrs(d.self, peerstore.ConnectedAddrTTL, peerstore.RecentlyConnectedAddrTTL)
@@ -305,7 +310,7 @@ func (n *memNetwork) close() error {
 func (n *memNetwork) connected(a, b peer.ID) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.conns[linkOf(a, b)]
+	return n.linked(a, b)
 }
 
 // addrOf returns p's address if p is on the network.
@@ -339,8 +344,7 @@ func (n *memNetwork) open(src *memNode, to peer.ID) (target *memNode, newConn bo
 	if !n.running(dst) {
 		return nil, false, errMemUnreachable
 	}
-	l := linkOf(from, to)
-	if !n.conns[l] {
+	if !n.linked(from, to) {
 		known := false
 		for _, a := range src.ps.Addrs(to) {
 			if a.Equal(dst.addr) {
@@ -351,7 +355,7 @@ func (n *memNetwork) open(src *memNode, to peer.ID) (target *memNode, newConn bo
 		if !known {
 			return nil, false, errMemUnreachable
 		}
-		n.conns[l] = true
+		n.link(from, to)
 		newConn = true
 	}
 	if dst.d.Mode() != ModeServer {

@@ -2,10 +2,12 @@ package kad
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -29,9 +31,11 @@ const simSettle = time.Minute
 // real nodes over an in-memory network. It must run inside a
 // testing/synctest bubble: outside one, every latency is a real wait.
 //
-// Node i is built with up to cfg.Bootstraps random earlier nodes as its
-// BootstrapPeers and runs Bootstrap before node i+1 is added; every node
-// then runs cfg.Rounds self lookups. The nodes' periodic upkeep is off
+// Nodes join in waves (one at first, then a twentieth of those already
+// there, at most 32): each is built with up to cfg.Bootstraps random nodes
+// of the earlier waves as its BootstrapPeers, and a wave's nodes run
+// Bootstrap together before the next wave is added; every node then runs
+// cfg.Rounds self lookups. The nodes' periodic upkeep is off
 // (RandomWalk(false)): what runs is the joins, the lookups measured, and
 // what the node does on its own in answer to them (admission probes on
 // new connections, evictions after failures, disconnect checks).
@@ -77,34 +81,58 @@ func simulate(cfg isim.Config) (res *isim.Result, err error) {
 	}()
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x51a1))
 	res = &isim.Result{Config: cfg}
-	s := &simNet{nodes: make([]*DHT, cfg.N), dead: make([]bool, cfg.N), index: make(map[peer.ID]int, cfg.N), k: k}
+	s := &simNet{nodes: make([]*DHT, cfg.N), dead: make([]bool, cfg.N), index: make(map[peer.ID]int, cfg.N), k: k, attacking: cfg.Attack != nil}
 
-	// Setup: node i joins through up to Bootstraps random earlier nodes.
-	for i := range cfg.N {
-		var boots []peer.AddrInfo
-		var picked []int
-		for j := 0; j < cfg.Bootstraps && j < i; j++ {
-			if b := rng.IntN(i); !slices.Contains(picked, b) {
-				picked = append(picked, b)
-				boots = append(boots, memInfo(s.nodes[b]))
+	// Setup: nodes join in waves, each node through up to Bootstraps
+	// random nodes of the earlier waves. A wave is a twentieth of the
+	// nodes already there (1 to 32): joining one at a time leaves a
+	// 10,000-node setup waiting on one lookup at a time.
+	for lo := 0; lo < cfg.N; {
+		hi := min(cfg.N, lo+min(max(lo/20, 1), 32))
+		for i := lo; i < hi; i++ {
+			var boots []peer.AddrInfo
+			var picked []int
+			for j := 0; j < cfg.Bootstraps && j < lo; j++ {
+				if b := rng.IntN(lo); !slices.Contains(picked, b) {
+					picked = append(picked, b)
+					boots = append(boots, memInfo(s.nodes[b]))
+				}
+			}
+			nopts := append(slices.Clip(opts), BootstrapPeers(boots...))
+			if cfg.Attack != nil {
+				nopts = append(nopts, simAttackOpts(cfg.Attack, i)...)
+			}
+			d, err := mn.addNode(nopts...)
+			if err != nil {
+				return nil, fmt.Errorf("sim: node %d: %w", i, err)
+			}
+			if cfg.Attack != nil {
+				s.cabal.arm(d, i%4 >= 2)
+			}
+			s.nodes[i] = d
+			s.index[d.self] = i
+			s.ids = append(s.ids, d.self)
+			s.keys = append(s.keys, kbucket.PeerKey(d.self))
+		}
+		if lo > 0 {
+			errs := make([]error, hi-lo)
+			var wg sync.WaitGroup
+			for i := lo; i < hi; i++ {
+				wg.Go(func() {
+					if err := s.nodes[i].Bootstrap(ctx); err != nil {
+						errs[i-lo] = fmt.Errorf("sim: node %d joining: %w", i, err)
+					}
+				})
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				return nil, err
 			}
 		}
-		d, err := mn.addNode(append(slices.Clip(opts), BootstrapPeers(boots...))...)
-		if err != nil {
-			return nil, fmt.Errorf("sim: node %d: %w", i, err)
+		if step := max(cfg.N/10, 1); hi/step > lo/step {
+			log.Info("joined", "nodes", hi, "of", cfg.N, "virtual", time.Since(start))
 		}
-		s.nodes[i] = d
-		s.index[d.self] = i
-		s.ids = append(s.ids, d.self)
-		s.keys = append(s.keys, kbucket.PeerKey(d.self))
-		if i > 0 {
-			if err := d.Bootstrap(ctx); err != nil {
-				return nil, fmt.Errorf("sim: node %d joining: %w", i, err)
-			}
-		}
-		if (i+1)%max(cfg.N/10, 1) == 0 {
-			log.Info("joined", "nodes", i+1, "of", cfg.N, "virtual", time.Since(start))
-		}
+		lo = hi
 	}
 	for range max(cfg.Rounds, 0) {
 		for _, d := range s.nodes {
@@ -124,6 +152,25 @@ func simulate(cfg isim.Config) (res *isim.Result, err error) {
 	res.TableSize /= float64(cfg.N)
 	log.Info("setup done", "lookups", res.JoinLookups, "rpcs", res.JoinRPCs, "table", res.TableSize, "virtual", time.Since(start))
 
+	res.Lookup = s.measure(ctx, rng, cfg.Lookups)
+	log.Info("lookups measured", "recall", res.Lookup.Recall, "rpcs", res.Lookup.RPCs, "hops", res.Lookup.Hops)
+
+	if cfg.Attack != nil {
+		s.adversary = make([]bool, cfg.N)
+		sybils, attacks, err := s.attack(ctx, cfg, mn, opts, rng)
+		if err != nil {
+			return nil, err
+		}
+		res.Attacks = attacks
+		// The Sybils leave; the adversaries are honest again.
+		for _, d := range sybils {
+			if err := mn.stop(d); err != nil {
+				return nil, fmt.Errorf("sim: stopping a sybil: %w", err)
+			}
+		}
+		time.Sleep(simSettle)
+	}
+
 	// Records for the churn phase are provided before anyone stops.
 	var records []cid.Cid
 	if cfg.Churn > 0 {
@@ -140,9 +187,6 @@ func simulate(cfg isim.Config) (res *isim.Result, err error) {
 		}
 		time.Sleep(simSettle) // the rest of each Provide's sends
 	}
-
-	res.Lookup = s.measure(ctx, rng, cfg.Lookups)
-	log.Info("lookups measured", "recall", res.Lookup.Recall, "rpcs", res.Lookup.RPCs, "hops", res.Lookup.Hops)
 
 	if cfg.Churn > 0 {
 		stop := int(cfg.Churn * float64(cfg.N))
@@ -180,6 +224,10 @@ type simNet struct {
 	index map[peer.ID]int
 	dead  []bool
 	k     int
+	// The attack scenarios': who lies, and which nodes are adversaries.
+	cabal     simCabal
+	adversary []bool
+	attacking bool // the run has attack scenarios: odd nodes run DisjointPaths
 }
 
 // measure runs count GetClosestPeers of random keys, one at a time, from
@@ -248,10 +296,16 @@ func (s *simNet) randomKey(rng *rand.Rand) []byte {
 	return b
 }
 
-// randomLive picks a live node uniformly.
+// randomLive picks a live node uniformly; in an attack run, one of the
+// even nodes, which run with one path (DisjointPaths(1)), so the lookup
+// and churn phases measure what a run without attacks does.
 func (s *simNet) randomLive(rng *rand.Rand) int {
 	for {
-		if i := rng.IntN(len(s.nodes)); !s.dead[i] {
+		i := rng.IntN(len(s.nodes))
+		if s.attacking && i%2 == 1 {
+			continue
+		}
+		if !s.dead[i] {
 			return i
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,7 +25,9 @@ import (
 //	KAD_SIM_ALPHA              kad's Concurrency (0: kad's default)
 //	KAD_SIM_CONVERGE           kad's ConvergeConcurrency (0: unset)
 //	KAD_SIM_DISCONNECT_CHECKS  stopped nodes' peers are told (true)
+//	KAD_SIM_ATTACK             run the attack scenarios (sim.Attack, defaults) too (false)
 //	KAD_SIM_OUT                output directory (results)
+//	KAD_SIM_MEMLIMIT           GiB the GC keeps the heap under (16; sim_test.go)
 type simSettings struct {
 	sizes   []int
 	lookups int
@@ -34,6 +37,7 @@ type simSettings struct {
 	alpha   int
 	conv    int
 	dc      bool
+	attack  bool
 	out     string
 }
 
@@ -66,6 +70,7 @@ func simSettingsFromEnv(getenv func(string) string) (*simSettings, error) {
 	num("KAD_SIM_SEED", func(v string) (err error) { s.seed, err = strconv.ParseUint(v, 10, 64); return err })
 	num("KAD_SIM_CHURN", func(v string) (err error) { s.churn, err = strconv.ParseFloat(v, 64); return err })
 	num("KAD_SIM_DISCONNECT_CHECKS", func(v string) (err error) { s.dc, err = strconv.ParseBool(v); return err })
+	num("KAD_SIM_ATTACK", func(v string) (err error) { s.attack, err = strconv.ParseBool(v); return err })
 	s.latency = Latency{Min: 20 * time.Millisecond, Max: 20 * time.Millisecond, Seed: s.seed}
 	num("KAD_SIM_LATENCY", func(v string) error {
 		if v == "random" {
@@ -90,8 +95,12 @@ func simSettingsFromEnv(getenv func(string) string) (*simSettings, error) {
 
 // config is the simulator's Config for n nodes.
 func (s *simSettings) config(n int) sim.Config {
-	return sim.Config{N: n, Seed: s.seed, Lookups: s.lookups, Churn: s.churn, Alpha: s.alpha, ConvergeAlpha: s.conv,
+	c := sim.Config{N: n, Seed: s.seed, Lookups: s.lookups, Churn: s.churn, Alpha: s.alpha, ConvergeAlpha: s.conv,
 		DisconnectChecks: s.dc, LatencyMin: s.latency.Min, LatencyMax: s.latency.Max}
+	if s.attack {
+		c.Attack = &sim.Attack{}
+	}
+	return c
 }
 
 // simRun is one simulation with its cost on this machine.
@@ -114,6 +123,9 @@ func (s *simSettings) base() string {
 	}
 	if !s.dc {
 		b += "-no-disconnect-checks"
+	}
+	if s.attack {
+		b += "-attack"
 	}
 	return b
 }
@@ -162,6 +174,20 @@ func simMarkdown(runs []simRun) string {
 			b.WriteString(" – | – | – | – |")
 		}
 		fmt.Fprintf(&b, " %.0f s | %.0f s | %.2f GiB | %.2f GiB |\n", r.WallSeconds, r.CPUSeconds, r.PeakHeapGiB, r.MaxRSSGiB)
+	}
+	for _, r := range runs {
+		if len(r.Result.Attacks) == 0 {
+			continue
+		}
+		a := r.Result.Config.Attack
+		fmt.Fprintf(&b, "\nAttacks on %d nodes (sim.Attack: %d records per scenario and path setting; collusion: eclipse, stale or forged values, dropped provider records; sybil: %d nodes around each of 4 targets):\n\n",
+			r.Result.Config.N, a.Records, cmp.Or(max(a.Sybils, 0), r.Result.Config.K))
+		b.WriteString("| attack | adversaries | disjoint paths | honest recall (min) | RPCs / lookup | latest value read | honest provider found | put / provide errors | lies |\n")
+		b.WriteString("|---|---:|---:|---|---:|---:|---:|---|---:|\n")
+		for _, ph := range r.Result.Attacks {
+			fmt.Fprintf(&b, "| %s | %.1f %% | %d | %.3f (%.2f) | %.1f | %.3f | %.3f | %d / %d | %d |\n",
+				ph.Kind, ph.Fraction*100, ph.Disjoint, ph.Recall, ph.RecallMin, ph.RPCs, ph.ValueOK, ph.ProviderOK, ph.PutErrors, ph.ProvideErrors, ph.Lies)
+		}
 	}
 	return b.String()
 }

@@ -44,6 +44,13 @@ type Phase = isim.Phase
 // Result is what a simulation measured.
 type Result = isim.Result
 
+// Attack describes the attack scenarios a run measures (adversaries that
+// collude or surround a key); see its fields for the defaults.
+type Attack = isim.Attack
+
+// AttackPhase is one attack scenario measured with one path setting.
+type AttackPhase = isim.AttackPhase
+
 // ErrInvalidConfig is wrapped by the error Run returns for a bad Config.
 var ErrInvalidConfig = isim.ErrInvalidConfig
 

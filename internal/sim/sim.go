@@ -65,8 +65,10 @@ type Config struct {
 	FailDelay time.Duration
 	// Bootstraps is how many random earlier nodes each node has as its
 	// BootstrapPeers; each node then runs Bootstrap (connect to them, look
-	// itself up, refresh every bucket) before the next one joins. Default
-	// 3.
+	// itself up, refresh every bucket). Nodes join in waves (one node at
+	// first, then a twentieth of the nodes already there, at most 32),
+	// through nodes of the earlier waves only, and a wave joins before the
+	// next is added. Default 3.
 	Bootstraps int
 	// Rounds of self lookups (GetClosestPeers of its own id) by every
 	// node after all have joined, letting early nodes learn of late ones
@@ -92,6 +94,78 @@ type Config struct {
 	DisconnectChecks bool
 	// Logger reports progress. Default: silent.
 	Logger *slog.Logger
+	// Attack, when set, runs attack scenarios (see Attack) after the
+	// lookup phase and before the churn; the Sybils leave and the
+	// adversaries turn honest again before the churn. In such a run, odd
+	// nodes run with Attack.Disjoint paths, and the lookup and churn phases
+	// are measured from even nodes (one path) only. Default: none.
+	Attack *Attack
+}
+
+// Attack describes the attack scenarios a run measures after its lookup
+// phase, on the same network. Every node runs kad; an adversary is a kad
+// node whose request handlers lie once it is turned adversarial, which
+// happens only after setup, so adversaries hold the places in honest
+// tables that their share of the network gives them.
+//
+// Collusion, for each fraction f: the first f of a fixed random order of
+// the nodes turn adversarial together (the sets are nested) and answer
+// every FIND_NODE, GET_VALUE and GET_PROVIDERS with the adversaries
+// closest to the key only (an eclipse), answer GET_VALUE with a stale
+// record (an older version, validly signed; half of them) or a forged one
+// (a newer version with a bad signature; the other half), accept
+// PUT_VALUE without storing and drop ADD_PROVIDER, and never return a
+// provider. Then, for each of 1 and Disjoint disjoint paths, honest nodes
+// whose DisjointPaths is that value write Records values (version 2 of a
+// key whose version 1 the adversaries hold) and provide Records CIDs, and
+// other honest nodes of that group look up Records random keys, read each
+// value and look for each CID's provider.
+//
+// Sybil: with no other adversary, Sybils fresh nodes whose ids share
+// more leading bits with a target key than any honest node can be
+// expected to join (honestly), then turn adversarial as above; a value
+// key and a CID are targeted so, for each path setting, and Records
+// honest nodes look them up, read the value and look for the provider.
+type Attack struct {
+	// Fractions of the nodes adversarial, one collusion scenario each,
+	// each in (0, 0.5]. Default 0.05, 0.1, 0.2.
+	Fractions []float64
+	// Disjoint is the DisjointPaths compared with 1: every node of odd
+	// index runs with it. Default 3.
+	Disjoint int
+	// Records is the values written, CIDs provided and random keys looked
+	// up per scenario and path setting. Default 100.
+	Records int
+	// Sybils is the size of each Sybil cluster; 0 leaves the node's
+	// bucket size, negative skips the Sybil scenario.
+	Sybils int
+}
+
+// AttackPhase is one attack scenario measured with one path setting.
+type AttackPhase struct {
+	Kind string // "collusion" or "sybil"
+	// Fraction is the adversaries' share of the nodes: for "sybil", all
+	// four clusters' nodes (a value key and a CID per path setting, each
+	// surrounded by Attack.Sybils nodes) over N.
+	Fraction float64
+	Disjoint int // the readers' and writers' DisjointPaths
+	// Recall is the mean fraction of the honest peers a GetClosestPeers
+	// should return that it did; RecallMin the worst lookup's. Under
+	// collusion, those are the honest live peers among the k live peers
+	// closest to the key (adversaries cannot move, so those truly close
+	// hold their places in any result; an eclipse takes the honest rest).
+	// Under a Sybil cluster, the k honest live peers closest to the key,
+	// which a k-peer result misses wherever the cluster is closer. The
+	// origin is excluded. RPCs is the mean requests per lookup.
+	Recall, RecallMin, RPCs float64
+	// ValueOK is the fraction of reads that returned the latest valid
+	// version; ProviderOK of FindProviders that found the honest
+	// provider; PutErrors and ProvideErrors count writes that failed.
+	ValueOK, ProviderOK      float64
+	PutErrors, ProvideErrors int
+	Lookups, Reads           int
+	// Lies counts the requests the adversaries answered falsely.
+	Lies int64
 }
 
 // WithDefaults returns c with its zero fields set to their defaults, but
@@ -114,6 +188,19 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Attack != nil {
+		a := *c.Attack
+		if a.Fractions == nil {
+			a.Fractions = []float64{0.05, 0.1, 0.2}
+		}
+		if a.Disjoint == 0 {
+			a.Disjoint = 3
+		}
+		if a.Records == 0 {
+			a.Records = 100
+		}
+		c.Attack = &a
 	}
 	return c
 }
@@ -143,6 +230,16 @@ func (c Config) validate() error {
 	}
 	if c.Churn < 0 || c.Churn >= 1 {
 		bad("churn %v, want [0, 1)", c.Churn)
+	}
+	if a := c.Attack; a != nil {
+		for _, f := range a.Fractions {
+			if !(f > 0 && f <= 0.5) {
+				bad("attack fraction %v, want (0, 0.5]", f)
+			}
+		}
+		if a.Disjoint < 1 || a.Records < 1 {
+			bad("attack disjoint paths %d, records %d: want at least 1", a.Disjoint, a.Records)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -194,6 +291,9 @@ type Result struct {
 	VirtualDuration time.Duration
 	Lookup          Phase
 	Churn           *Phase // nil when Config.Churn is 0
+	// Attacks holds each attack scenario and path setting, in the order
+	// run; nil without Config.Attack.
+	Attacks []AttackPhase
 }
 
 var (
