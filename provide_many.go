@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 
@@ -250,7 +251,7 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *pr
 	// The sorted keys are cut into contiguous runs walked at once, each
 	// run region by region: a run boundary may split a region (one extra
 	// lookup per run at most), but the lookups overlap instead of queueing.
-	runs := min(provideManyWalkers, (len(keys)+provideManyMinRun-1)/provideManyMinRun)
+	runs := provideManyRuns(len(keys), s.k, s.q.kthDistance(s.k), len(w.known.pos))
 	var walkers sync.WaitGroup
 	for r := range runs {
 		lo, hi := r*len(keys)/runs, (r+1)*len(keys)/runs
@@ -285,6 +286,20 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *pr
 		return rep, fmt.Errorf("kad: provide many: %w: %w", ErrNoPeerReached, lookupErr)
 	}
 	return rep, fmt.Errorf("kad: provide many: %w", ErrNoPeerReached)
+}
+
+// provideManyRuns is how many runs n sorted keys are cut into: enough to
+// overlap the lookups, but no more than a quarter of the regions of k
+// peers the network holds (estimated from kth, the table's k-th closest
+// normalised distance, or from the peers known when that is not
+// known yet), since each run boundary can cost a lookup of its own.
+func provideManyRuns(n, k int, kth float64, known int) int {
+	size := float64(known + 1)
+	if !math.IsInf(kth, 0) && kth > 0 {
+		size = float64(k) / kth
+	}
+	regions := int(math.Ceil(size / float64(max(k, 1))))
+	return max(1, min(provideManyWalkers, (n+provideManyMinRun-1)/provideManyMinRun, (regions+3)/4))
 }
 
 // provideWalk is the state the runs of one provideKeys share.
@@ -346,18 +361,35 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 		s.touch(target.pos)
 		region := res.closest
 		w.known.add(region...)
+		// Each key of the region goes to its own closest known peers
+		// (the region's, but for the few covers allows to differ), so a
+		// record lands where a per-key lookup would put it.
+		dest := map[peer.ID][]*pb.Message{}
+		var order []peer.ID
+		send := func(pk provKey, to []peer.ID) {
+			m := s.addProviderMsg(pk.mh, w.addrs)
+			for _, p := range to {
+				if _, ok := dest[p]; !ok {
+					order = append(order, p)
+				}
+				dest[p] = append(dest[p], m)
+			}
+		}
+		send(target, region)
 		j := i + 1
-		for j < len(keys) && covers(region, w.known.closest(keys[j].pos, len(region))) {
+		for j < len(keys) {
+			own := w.known.closest(keys[j].pos, len(region))
+			if !covers(region, own) {
+				break
+			}
+			send(keys[j], own)
 			j++
 		}
-		batch := keys[i:j]
+		placed := j - i
 		i = j
-		w.prog.add(len(batch), ProvideReport{Lookups: 1})
-		msgs := make([]*pb.Message, len(batch))
-		for n, pk := range batch {
-			msgs[n] = s.addProviderMsg(pk.mh, w.addrs)
-		}
-		for _, p := range region {
+		w.prog.add(placed, ProvideReport{Lookups: 1})
+		for _, p := range order {
+			msgs := dest[p]
 			for start := 0; start < len(msgs); start += provideManyPerStream {
 				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
 				if ctx.Err() != nil {

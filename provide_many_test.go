@@ -3,6 +3,7 @@ package kad
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -267,4 +268,24 @@ func TestProvideManyVsProvide(t *testing.T) {
 	require.GreaterOrEqual(t, fm, 0.99)
 	require.GreaterOrEqual(t, fe, 0.99)
 	require.GreaterOrEqual(t, le, 20*lm, "ProvideMany makes >= 20x fewer lookups")
+}
+
+func TestProvideManyRuns(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		n, k, known int
+		kth         float64
+		want        int
+	}{
+		{"few keys: one run", 10, 20, 50, 20.0 / 1000, 1},
+		{"100 nodes: two runs", 1000, 20, 60, 20.0 / 100, 2},
+		{"1,000 nodes", 10000, 20, 150, 20.0 / 1000, 13},
+		{"10,000 nodes: capped", 10000, 20, 200, 20.0 / 10000, provideManyWalkers},
+		{"keys cap the runs", 200, 20, 200, 20.0 / 10000, 4},
+		{"table under k: known peers", 5000, 20, 7, math.Inf(1), 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			require.Equal(t, c.want, provideManyRuns(c.n, c.k, c.kth, c.known))
+		})
+	}
 }
