@@ -228,3 +228,17 @@ func TestCLI(t *testing.T) {
 	require.Equal(t, "hello, kad\n", r.stdout)
 	srv2.stop(t)
 }
+
+func TestNextProvideWait(t *testing.T) {
+	retry := provideRetryFirst
+	var waits []time.Duration
+	for range 6 {
+		var w time.Duration
+		w, retry = nextProvideWait(true, retry)
+		waits = append(waits, w)
+	}
+	require.Equal(t, []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, time.Minute, time.Minute}, waits)
+	w, retry := nextProvideWait(false, retry)
+	require.Equal(t, reprovideInterval, w)
+	require.Equal(t, provideRetryFirst, retry, "a success resets the backoff")
+}

@@ -22,8 +22,12 @@ const (
 	// reprovideInterval is how often serve announces its --provide CIDs
 	// again: before the records' 48 h validity runs out, as on Amino.
 	reprovideInterval = 22 * time.Hour
-	// provideRetry is how soon a failed announcement is tried again.
-	provideRetry = time.Minute
+	// provideRetryFirst is how soon a failed announcement is first tried
+	// again; each further failure doubles the wait, up to provideRetry. A
+	// restarted server's first announcement often fails while the peers of
+	// its saved table are still being re-checked, seconds, not minutes.
+	provideRetryFirst = 5 * time.Second
+	provideRetry      = time.Minute
 )
 
 func init() {
@@ -127,6 +131,7 @@ func reprovide(ctx context.Context, d *kad.DHT, cids []cid.Cid, out *printer) {
 	if len(cids) == 0 {
 		return
 	}
+	retry := provideRetryFirst
 	for {
 		failed := false
 		for _, c := range cids {
@@ -139,22 +144,30 @@ func reprovide(ctx context.Context, d *kad.DHT, cids []cid.Cid, out *printer) {
 					return
 				}
 				failed = true
-				out.event("warning", fmt.Sprintf("announce %s: %s (stored locally; retrying in %v)", c, oneLine(err), provideRetry),
+				out.event("warning", fmt.Sprintf("announce %s: %s (stored locally; retrying in %v)", c, oneLine(err), retry),
 					map[string]any{"cid": c.String()})
 				continue
 			}
 			out.event("provided", "announced "+c.String(), map[string]any{"cid": c.String()})
 		}
-		wait := reprovideInterval
-		if failed {
-			wait = provideRetry
-		}
+		var wait time.Duration
+		wait, retry = nextProvideWait(failed, retry)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
 		}
 	}
+}
+
+// nextProvideWait returns how long reprovide waits after a round (retry
+// after a failure, reprovideInterval after a success) and the retry delay
+// for the round after.
+func nextProvideWait(failed bool, retry time.Duration) (wait, next time.Duration) {
+	if !failed {
+		return reprovideInterval, provideRetryFirst
+	}
+	return retry, min(2*retry, provideRetry)
 }
 
 // printer writes serve's status lines, as text or one JSON object each.
