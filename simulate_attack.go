@@ -117,24 +117,7 @@ func (c *simCabal) set(nodes []*DHT) {
 // closest is the wire entries of the k members closest to key, but for
 // self and the asker.
 func (m *simMembers) closest(key []byte, k int, self, from peer.ID) []pb.Peer {
-	target := kbucket.KeyForBytes(key)
-	best := make([]int, 0, k+1)
-	for j, id := range m.ids {
-		if id == self || id == from {
-			continue
-		}
-		if len(best) == k && kbucket.CompareDistance(m.keys[j], m.keys[best[k-1]], target) >= 0 {
-			continue
-		}
-		at := len(best)
-		for at > 0 && kbucket.CompareDistance(m.keys[j], m.keys[best[at-1]], target) < 0 {
-			at--
-		}
-		best = slices.Insert(best, at, j)
-		if len(best) > k {
-			best = best[:k]
-		}
-	}
+	best := isim.ClosestIndexes(kbucket.KeyForBytes(key), k, m.keys, func(j int) bool { return m.ids[j] == self || m.ids[j] == from })
 	out := make([]pb.Peer, len(best))
 	for x, j := range best {
 		out[x] = m.entries[j]

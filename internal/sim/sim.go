@@ -387,8 +387,22 @@ func pct[T any](xs []T, p float64) T {
 // TrueClosest returns the k peers of cands closest to target, closest
 // first.
 func TrueClosest(target kbucket.ID, k int, cands []peer.ID, keys []kbucket.ID) []peer.ID {
+	best := ClosestIndexes(target, k, keys, nil)
+	out := make([]peer.ID, len(best))
+	for x, j := range best {
+		out[x] = cands[j]
+	}
+	return out
+}
+
+// ClosestIndexes returns the indexes of the k keys closest to target,
+// closest first, leaving out every j for which skip (if not nil) is true.
+func ClosestIndexes(target kbucket.ID, k int, keys []kbucket.ID, skip func(j int) bool) []int {
 	best := make([]int, 0, k+1)
-	for j := range cands {
+	for j := range keys {
+		if skip != nil && skip(j) {
+			continue
+		}
 		if len(best) == k && kbucket.CompareDistance(keys[j], keys[best[k-1]], target) >= 0 {
 			continue
 		}
@@ -401,11 +415,7 @@ func TrueClosest(target kbucket.ID, k int, cands []peer.ID, keys []kbucket.ID) [
 			best = best[:k]
 		}
 	}
-	out := make([]peer.ID, len(best))
-	for x, j := range best {
-		out[x] = cands[j]
-	}
-	return out
+	return best
 }
 
 // Recall is the fraction of want present in got.
