@@ -94,6 +94,11 @@ func simulateAll(t *testing.T, s *simSettings) []simRun {
 				for {
 					runtime.ReadMemStats(&ms)
 					if ms.HeapInuse > peak.Load() {
+						if prof := os.Getenv("KAD_SIM_HEAPPROFILE"); prof != "" && ms.HeapInuse > peak.Load()*11/10 {
+							if err := writeHeapProfile(prof); err != nil {
+								t.Logf("heap profile: %v", err)
+							}
+						}
 						peak.Store(ms.HeapInuse)
 					}
 					select {

@@ -28,6 +28,7 @@ import (
 //	KAD_SIM_ATTACK             run the attack scenarios (sim.Attack, defaults) too (false)
 //	KAD_SIM_OUT                output directory (results)
 //	KAD_SIM_MEMLIMIT           GiB the GC keeps the heap under (16; sim_test.go)
+//	KAD_SIM_HEAPPROFILE        write the live heap's profile at each new peak to this file (sim_test.go)
 type simSettings struct {
 	sizes   []int
 	lookups int
