@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,7 @@ import (
 
 // chaosServer is one "kad serve" of the chaos test: its data directory and
 // port stay the same across restarts, so its identity and address do too.
+// Its status page (--http) takes a new free port at each start.
 type chaosServer struct {
 	i    int
 	dir  string
@@ -58,6 +60,10 @@ type chaosServer struct {
 	announce [2]int    // --provide announcements: tried, succeeded
 	stderr   tailBuffer
 	rss      rssFigures
+	// statusURL is the current process's status page, from its "http"
+	// line; "" until it has printed one.
+	statusURL string
+	gor       goroutineFigures
 	// held is what its datastore held when it was last killed.
 	held heldRecords
 }
@@ -67,6 +73,13 @@ type rssFigures struct {
 	first, max int64 // of the current process
 	maxAll     int64 // of every process this server ran
 	maxThreads int64
+}
+
+// goroutineFigures are goroutine counts from /api/status.
+type goroutineFigures struct {
+	first, max int // of the current process; 0: no sample yet
+	last       int // the latest sample: at the end, taken once the test is quiet
+	maxAll     int // of every process this server ran
 }
 
 func (s *chaosServer) multiaddr() ma.Multiaddr {
@@ -94,7 +107,7 @@ func (s *chaosServer) isUp() bool {
 // waits at most 30 s for its ready line. A restart must keep the peer id.
 func (s *chaosServer) start(bin string, boot []string) error {
 	args := []string{"serve", "--json", "--data", s.dir,
-		"--listen", s.multiaddr().String(), "--prefix", chaosPrefix,
+		"--listen", s.multiaddr().String(), "--http", "127.0.0.1:0", "--prefix", chaosPrefix,
 		"--bucket-size", strconv.Itoa(chaosK), "--provide", s.cid.String()}
 	for _, b := range boot {
 		args = append(args, "--bootstrap", b)
@@ -103,6 +116,10 @@ func (s *chaosServer) start(bin string, boot []string) error {
 	ready := make(chan string, 1)
 	cmd.Stdout = &lineWriter{fn: func(line string) { s.onLine(line, ready) }}
 	cmd.Stderr = &s.stderr
+	// Before the process can print its page's address.
+	s.mu.Lock()
+	s.statusURL = ""
+	s.mu.Unlock()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("server %d: %w", s.i, err)
 	}
@@ -118,6 +135,7 @@ func (s *chaosServer) start(bin string, boot []string) error {
 	s.cmd, s.exited = cmd, exited
 	s.starts++
 	s.rss.first, s.rss.max = 0, 0
+	s.gor.first, s.gor.max, s.gor.last = 0, 0, 0
 	s.mu.Unlock()
 
 	select {
@@ -145,7 +163,7 @@ func (s *chaosServer) start(bin string, boot []string) error {
 }
 
 func (s *chaosServer) onLine(line string, ready chan<- string) {
-	var ev struct{ Event, ID, Message string }
+	var ev struct{ Event, ID, Message, URL string }
 	if json.Unmarshal([]byte(line), &ev) != nil {
 		return
 	}
@@ -155,6 +173,10 @@ func (s *chaosServer) onLine(line string, ready chan<- string) {
 		case ready <- ev.ID:
 		default:
 		}
+	case "http":
+		s.mu.Lock()
+		s.statusURL = ev.URL
+		s.mu.Unlock()
 	case "bootstrapped":
 		s.mu.Lock()
 		s.booted = true
@@ -234,6 +256,49 @@ func (s *chaosServer) sampleRSS() {
 			s.rss.maxThreads = max(s.rss.maxThreads, v)
 		}
 	}
+}
+
+// statusClient reads the servers' /api/status. A server being killed may
+// never answer, so the timeout is short; a new connection each time leaves
+// no idle one behind in a server, to count among its goroutines.
+var statusClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// sampleGoroutines reads the process's goroutine count from its status
+// page. It records nothing and returns false when the server is down, has
+// not printed the page's address yet, does not answer within the client's
+// timeout (it may be being killed), or was restarted meanwhile.
+func (s *chaosServer) sampleGoroutines(ctx context.Context) bool {
+	s.mu.Lock()
+	url, life, up := s.statusURL, s.starts, s.up
+	s.mu.Unlock()
+	if !up || url == "" {
+		return false
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"api/status", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := statusClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var st status
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil || st.Goroutines <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.up || s.starts != life {
+		return false
+	}
+	if s.gor.first == 0 {
+		s.gor.first = st.Goroutines
+	}
+	s.gor.max = max(s.gor.max, st.Goroutines)
+	s.gor.maxAll = max(s.gor.maxAll, st.Goroutines)
+	s.gor.last = st.Goroutines
+	return true
 }
 
 // lineWriter hands each complete line written to it to fn.

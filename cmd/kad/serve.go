@@ -58,8 +58,9 @@ format at http://<host:port>/metrics: requests in and out by type, errors,
 latency, lookups, the table size, the records stored and the estimated
 network size. --http <host:port> serves a status page at
 http://<host:port>/ that shows the routing table by bucket, the stored
-records, the recent lookups and the request rates, refreshed every two
-seconds (its data is at /api/status, as JSON). Neither has
+records, the recent lookups, the request rates and the process's
+goroutine count, refreshed every two seconds (its data is at
+/api/status, as JSON). Neither has
 authentication: bind them to 127.0.0.1 or a private address. Port 0
 picks a free port; serve prints the address.`,
 		setup: func(f *commonFlags) {

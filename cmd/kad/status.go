@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -50,6 +51,10 @@ type status struct {
 	NetworkSize float64        `json:"network_size"`
 	Lookups     []statusLookup `json:"lookups"`
 	Stats       kad.Stats      `json:"stats"`
+	// Goroutines is the number of goroutines in the serve process
+	// (runtime.NumGoroutine): it rises and falls with the connections
+	// and requests in progress; one that only ever grows is a leak.
+	Goroutines int `json:"goroutines"`
 	// Requests are the counts so far by message type; the page turns
 	// them into rates between polls.
 	Requests requestCounts `json:"requests"`
@@ -126,7 +131,7 @@ func collectStatus(ctx context.Context, n *node, o *observer) (*status, error) {
 		ID: n.h.ID().String(), Protocol: string(d.Protocol()), Mode: d.Mode().String(), Addrs: n.addrs(),
 		Now: now, UptimeS: now.Sub(o.started).Seconds(), K: bucketSize,
 		Values: counts.Values, Providers: counts.Providers,
-		NetworkSize: d.NetworkSizeEstimate(), Stats: d.Stats(),
+		NetworkSize: d.NetworkSizeEstimate(), Stats: d.Stats(), Goroutines: runtime.NumGoroutine(),
 		Buckets: []statusBucket{}, Lookups: []statusLookup{},
 	}
 	for _, b := range d.RoutingTable().Buckets() {

@@ -129,6 +129,7 @@ func TestStatusPageBrowser(t *testing.T) {
 
 	type shown struct {
 		ID, Mode, Protocol, Peers, Values, Providers, Network string
+		Goroutines                                            string
 		PeerIDs, PeerBuckets                                  []string
 		Buckets, LookupRows, RateTypes                        []string
 		Addrs                                                 []string
@@ -139,7 +140,7 @@ func TestStatusPageBrowser(t *testing.T) {
 		return {
 			ID: text("node-id"), Mode: text("mode"), Protocol: text("protocol"),
 			Peers: text("peer-count"), Values: text("values-count"), Providers: text("providers-count"),
-			Network: text("network-size"),
+			Network: text("network-size"), Goroutines: text("goroutines"),
 			PeerIDs: all(".peer[data-peer]", (e) => e.dataset.peer),
 			PeerBuckets: all(".peer[data-peer]", (e) => e.dataset.bucket),
 			Buckets: all(".bucket[data-index]", (e) => e.dataset.index),
@@ -161,6 +162,11 @@ func TestStatusPageBrowser(t *testing.T) {
 	require.Equal(t, strconv.Itoa(counts.Providers), got.Providers)
 	require.Equal(t, "4", got.Network, "3 peers and us, below k")
 	require.Equal(t, n.addrs(), got.Addrs)
+	// The node runs in the test process, whose goroutine count moves all
+	// the time: the page shows a number, and a positive one.
+	gs, err := strconv.Atoi(got.Goroutines)
+	require.NoError(t, err, "goroutines shown: %q", got.Goroutines)
+	require.Positive(t, gs)
 
 	var want, wantBuckets []string
 	bucketOf := map[string]string{}

@@ -39,6 +39,7 @@ func TestServeHTTP(t *testing.T) {
 	require.Equal(t, srv.ready.Addrs, s.Addrs)
 	require.Zero(t, s.TableSize)
 	require.Equal(t, 1.0, s.NetworkSize)
+	require.Positive(t, s.Goroutines, "the process's goroutine count")
 
 	resp, err = http.Get(url + "nope")
 	require.NoError(t, err)
