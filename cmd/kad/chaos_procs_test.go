@@ -34,6 +34,7 @@ import (
 
 	"github.com/kadlib/kad/internal/kbucket"
 	"github.com/kadlib/kad/internal/pb"
+	"github.com/kadlib/kad/internal/providers"
 	"github.com/kadlib/kad/internal/records"
 	"github.com/kadlib/kad/internal/wire"
 )
@@ -428,6 +429,10 @@ func inspectStore(ctx context.Context, dir string, copyFirst bool) (heldRecords,
 	}
 	defer res.Close()
 	recs := records.New(st, 48*time.Hour, nil)
+	provs, err := providers.New(st, providers.Config{Validity: 48 * time.Hour, AddrTTL: 24 * time.Hour, MaxPerKey: 1000})
+	if err != nil {
+		return h, err
+	}
 	for r := range res.Next() {
 		if r.Error != nil {
 			return h, fmt.Errorf("read %s: %w", path, r.Error)
@@ -451,13 +456,21 @@ func inspectStore(ctx context.Context, dir string, copyFirst bool) (heldRecords,
 				return h, fmt.Errorf("record %q: %w", key, err)
 			}
 			h.values[string(key)] = valueSeq(data)
-		case len(parts) == 3 && parts[0] == "providers":
-			key, err1 := b32.DecodeString(parts[1])
-			p, err2 := b32.DecodeString(parts[2])
-			if err1 != nil || err2 != nil {
+		case len(parts) == 2 && parts[0] == "providers":
+			// One entry per key holding all its providers.
+			key, err := b32.DecodeString(parts[1])
+			if err != nil {
 				return h, fmt.Errorf("provider entry %q does not decode", r.Key)
 			}
-			h.providers[string(key)] = append(h.providers[string(key)], peer.ID(p))
+			infos, err := provs.Get(ctx, key, time.Now(), 1000)
+			if err != nil {
+				return h, fmt.Errorf("provider entry %q: %w", r.Key, err)
+			}
+			for _, ai := range infos {
+				h.providers[string(key)] = append(h.providers[string(key)], ai.ID)
+			}
+		case len(parts) == 3 && parts[0] == "providers":
+			return h, fmt.Errorf("provider entry %q in the old layout (one entry per provider)", r.Key)
 		}
 	}
 	return h, nil

@@ -119,7 +119,7 @@ func serve(ctx context.Context, e *env, _ []string) (err error) {
 					map[string]any{"peers": size})
 			}
 		}
-		reprovide(ctx, n.d, cids, out)
+		reprovide(ctx, n.d, f.k, cids, out)
 	}()
 	<-ctx.Done()
 	out.event("stopping", "stopping", nil)
@@ -127,14 +127,23 @@ func serve(ctx context.Context, e *env, _ []string) (err error) {
 }
 
 // reprovide announces cids now and every reprovideInterval, retrying
-// failures sooner, until ctx is done.
-func reprovide(ctx context.Context, d *kad.DHT, cids []cid.Cid, out *printer) {
+// failures sooner, until ctx is done. An announcement made while the
+// routing table held fewer than k peers, more than at the previous one (a
+// node joining a network still forming), counts, but is made again as a
+// failure would be: its records went to the closest of the few peers
+// known, which may be far from the closest of the network. A table that
+// stopped growing below k is a small network, and its announcement
+// stands.
+func reprovide(ctx context.Context, d *kad.DHT, k int, cids []cid.Cid, out *printer) {
 	if len(cids) == 0 {
 		return
 	}
 	retry := provideRetryFirst
+	last := -1 // the table's size at the previous announcement
 	for {
-		failed := false
+		size := d.RoutingTable().Size()
+		failed := size < k && size > last
+		last = size
 		for _, c := range cids {
 			// ProvideMany returns once every send is done (Provide
 			// returns earlier and finishes in the background): only then
