@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 //	KAD_SIM_CONVERGE           kad's ConvergeConcurrency (0: unset)
 //	KAD_SIM_DISCONNECT_CHECKS  stopped nodes' peers are told (true)
 //	KAD_SIM_ATTACK             run the attack scenarios (sim.Attack, defaults) too (false)
+//	KAD_SIM_PROGRESS           log the run's progress to stderr (false)
 //	KAD_SIM_OUT                output directory (results)
 //	KAD_SIM_MEMLIMIT           GiB the GC keeps the heap under (16; sim_test.go)
 //	KAD_SIM_HEAPPROFILE        write the live heap's profile at each new peak to this file (sim_test.go)
@@ -39,6 +41,7 @@ type simSettings struct {
 	conv    int
 	dc      bool
 	attack  bool
+	verbose bool
 	out     string
 }
 
@@ -72,6 +75,7 @@ func simSettingsFromEnv(getenv func(string) string) (*simSettings, error) {
 	num("KAD_SIM_CHURN", func(v string) (err error) { s.churn, err = strconv.ParseFloat(v, 64); return err })
 	num("KAD_SIM_DISCONNECT_CHECKS", func(v string) (err error) { s.dc, err = strconv.ParseBool(v); return err })
 	num("KAD_SIM_ATTACK", func(v string) (err error) { s.attack, err = strconv.ParseBool(v); return err })
+	num("KAD_SIM_PROGRESS", func(v string) (err error) { s.verbose, err = strconv.ParseBool(v); return err })
 	s.latency = Latency{Min: 20 * time.Millisecond, Max: 20 * time.Millisecond, Seed: s.seed}
 	num("KAD_SIM_LATENCY", func(v string) error {
 		if v == "random" {
@@ -100,6 +104,9 @@ func (s *simSettings) config(n int) sim.Config {
 		DisconnectChecks: s.dc, LatencyMin: s.latency.Min, LatencyMax: s.latency.Max}
 	if s.attack {
 		c.Attack = &sim.Attack{}
+	}
+	if s.verbose {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return c
 }
