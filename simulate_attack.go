@@ -3,7 +3,6 @@ package kad
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,57 +30,6 @@ import (
 
 // simNS is the namespace of the values the attack scenarios write.
 const simNS = "sim"
-
-// simValidator accepts values of simNS made by simSign: an 8-byte version
-// and a tag only the simulation's honest writers can make (a keyed hash
-// standing for a signature); the highest version wins.
-type simValidator struct{}
-
-// simSign is version v of the value under key, validly tagged.
-func simSign(key string, v uint64) []byte {
-	out := binary.BigEndian.AppendUint64(nil, v)
-	h := sha256.New()
-	h.Write([]byte("kad simulation writer key"))
-	h.Write([]byte(key))
-	h.Write(out)
-	return h.Sum(out)
-}
-
-// simForge is version v of the value under key with a bad tag.
-func simForge(key string, v uint64) []byte {
-	out := simSign(key, v)
-	out[len(out)-1] ^= 0xff
-	return out
-}
-
-var errSimForged = errors.New("sim: forged value")
-
-func (simValidator) Validate(key string, value []byte) error {
-	if len(value) != 8+sha256.Size {
-		return fmt.Errorf("%w: %d bytes", errSimForged, len(value))
-	}
-	if !bytes.Equal(value, simSign(key, binary.BigEndian.Uint64(value))) {
-		return errSimForged
-	}
-	return nil
-}
-
-func (simValidator) Select(_ string, values [][]byte) (int, error) {
-	best := -1
-	var bestV uint64
-	for i, v := range values {
-		if len(v) < 8 {
-			continue
-		}
-		if n := binary.BigEndian.Uint64(v); best < 0 || n > bestV {
-			best, bestV = i, n
-		}
-	}
-	if best < 0 {
-		return 0, errSimForged
-	}
-	return best, nil
-}
 
 // simCabal is what the active adversaries share: who they are (an
 // immutable snapshot, swapped whole between scenarios) and the stale
@@ -155,7 +103,7 @@ func (c *simCabal) arm(d *DHT, forger bool) {
 	})
 	lie(pb.GetValue, func(m *simMembers, from peer.ID, req *pb.Message) (*pb.Message, error) {
 		key := string(req.Key)
-		val := simForge(key, 1<<32)
+		val := isim.Forge(key, 1<<32)
 		if v, ok := c.stale.Load(key); ok && !forger {
 			val = v.([]byte)
 		}
@@ -167,7 +115,7 @@ func (c *simCabal) arm(d *DHT, forger bool) {
 // simAttackOpts are the options every node of an attack run adds: the
 // simulation's validator, and on odd nodes the compared path setting.
 func simAttackOpts(a *isim.Attack, i int) []Option {
-	opts := []Option{NamespacedValidator(simNS, simValidator{})}
+	opts := []Option{NamespacedValidator(simNS, isim.Validator{})}
 	if i%2 == 1 {
 		opts = append(opts, DisjointPaths(a.Disjoint))
 	}
@@ -373,13 +321,13 @@ func (s *simNet) attackPhase(ctx context.Context, rng *rand.Rand, a *isim.Attack
 		writes = jobs[:1]
 	}
 	for x := range writes {
-		s.cabal.stale.Store(writes[x].key, simSign(writes[x].key, 1))
+		s.cabal.stale.Store(writes[x].key, isim.Sign(writes[x].key, 1))
 	}
 	var wg sync.WaitGroup
 	for x := range writes {
 		j := &writes[x]
 		wg.Go(func() {
-			perr := s.nodes[j.writer].PutValue(ctx, j.key, simSign(j.key, 2))
+			perr := s.nodes[j.writer].PutValue(ctx, j.key, isim.Sign(j.key, 2))
 			verr := s.nodes[j.provider].Provide(ctx, j.c, true)
 			mu.Lock()
 			defer mu.Unlock()
@@ -415,7 +363,7 @@ func (s *simNet) attackPhase(ctx context.Context, rng *rand.Rand, a *isim.Attack
 		recall += r
 		ph.RecallMin = min(ph.RecallMin, r)
 		rpcs += float64(after - before)
-		if bytes.Equal(val, simSign(j.key, 2)) {
+		if bytes.Equal(val, isim.Sign(j.key, 2)) {
 			valueOK++
 		}
 		if found {

@@ -50,14 +50,3 @@ func TestSimulateAttacks(t *testing.T) {
 	}
 	require.Equal(t, []float64{0.1, 0.1, 0.3, 0.3}, []float64{res.Attacks[0].Fraction, res.Attacks[1].Fraction, res.Attacks[2].Fraction, res.Attacks[3].Fraction})
 }
-
-func TestSimValidator(t *testing.T) {
-	v := simValidator{}
-	require.NoError(t, v.Validate("/sim/a", simSign("/sim/a", 2)))
-	require.ErrorIs(t, v.Validate("/sim/a", simForge("/sim/a", 2)), errSimForged)
-	require.ErrorIs(t, v.Validate("/sim/b", simSign("/sim/a", 2)), errSimForged, "a value signed for another key")
-	require.ErrorIs(t, v.Validate("/sim/a", []byte("short")), errSimForged)
-	i, err := v.Select("/sim/a", [][]byte{simSign("/sim/a", 1), simSign("/sim/a", 3), simSign("/sim/a", 2)})
-	require.NoError(t, err)
-	require.Equal(t, 1, i)
-}
