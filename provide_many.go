@@ -26,9 +26,10 @@ import (
 // the first key not yet placed gets a lookup, whose k closest peers form a
 // region; every following key whose k closest among all the peers learned
 // so far (computed locally, no network) are mostly that same set joins the
-// region. Each peer of the region then gets all the region's ADD_PROVIDER
-// messages, one after the other on one stream. Peers see nothing but
-// ordinary ADD_PROVIDER requests.
+// region. Each key then goes to its own closest known peers (mostly the
+// region's), and each of those peers gets all its messages of the region
+// one after the other on one stream. Peers see nothing but ordinary
+// ADD_PROVIDER requests.
 
 const (
 	// provideManyBatch is how many keys ProvideManyChan gathers before
