@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -228,9 +229,22 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *pr
 	prog.add(0, ProvideReport{Keys: len(keys)})
 	addrs := s.selfAddrs()
 	self := peer.AddrInfo{ID: s.self, Addrs: addrs}
-	for _, k := range keys {
-		if err := store.AddProvider(ctx, k.mh, self); err != nil && !errors.Is(err, providers.ErrKeyFull) {
+	if s.builtin != nil {
+		// One datastore batch for all of them: a datastore that syncs each
+		// write (go-ds-leveldb by default) took 4.5 s for 10,000 single
+		// adds.
+		mhs := make([][]byte, len(keys))
+		for i, k := range keys {
+			mhs[i] = k.mh
+		}
+		if _, err := s.builtin.AddMany(ctx, mhs, s.self, addrs, time.Now()); err != nil {
 			return rep, fmt.Errorf("kad: provide many: store locally: %w", err)
+		}
+	} else {
+		for _, k := range keys {
+			if err := store.AddProvider(ctx, k.mh, self); err != nil && !errors.Is(err, providers.ErrKeyFull) {
+				return rep, fmt.Errorf("kad: provide many: store locally: %w", err)
+			}
 		}
 	}
 	if len(addrs) == 0 {

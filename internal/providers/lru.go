@@ -53,6 +53,13 @@ func (c *lru) put(key string, set keySet) {
 	}
 }
 
+// remove drops key from the cache.
+func (c *lru) remove(key string) {
+	if c.c != nil {
+		c.c.Remove(key)
+	}
+}
+
 // len is the number of cached keys.
 func (c *lru) len() int {
 	if c.c == nil {

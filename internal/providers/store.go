@@ -130,14 +130,79 @@ func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multi
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	set, err := s.load(ctx, key, now)
+	k, v, undo, err := s.prepare(ctx, key, p, addrs, now)
 	if err != nil {
 		return fmt.Errorf("providers: add: %w", err)
+	}
+	if err := s.ds.Put(ctx, k, v); err != nil {
+		undo()
+		return fmt.Errorf("providers: add: %w", err)
+	}
+	s.markPresent(key)
+	return nil
+}
+
+// AddMany is Add for each of keys with one datastore batch: one write
+// (one sync, on a datastore that syncs each write, as go-ds-leveldb does
+// by default) instead of one per key. Keys that already have MaxPerKey
+// other providers are left out and counted in full; empty keys are
+// skipped. If the batch fails, nothing of it is kept.
+func (s *Store) AddMany(ctx context.Context, keys [][]byte, p peer.ID, addrs []ma.Multiaddr, now time.Time) (full int, err error) {
+	if p == "" {
+		return 0, errors.New("providers: add: empty peer id")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := s.ds.Batch(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("providers: add: %w", err)
+	}
+	var added [][]byte
+	fail := func(err error) (int, error) {
+		// The cached sets hold what the batch did not write: forget them.
+		for _, key := range added {
+			s.cache.remove(b32.EncodeToString(key))
+		}
+		return full, fmt.Errorf("providers: add: %w", err)
+	}
+	for _, key := range keys {
+		if len(key) == 0 {
+			continue
+		}
+		k, v, _, err := s.prepare(ctx, key, p, addrs, now)
+		if errors.Is(err, ErrKeyFull) {
+			full++
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		added = append(added, key)
+		if err := b.Put(ctx, k, v); err != nil {
+			return fail(err)
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fail(err)
+	}
+	for _, key := range added {
+		s.markPresent(key)
+	}
+	return full, nil
+}
+
+// prepare renews or adds p's record in key's cached set and returns the
+// entry to write, and undo, which puts the set back as it was. Called
+// with s.mu held.
+func (s *Store) prepare(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multiaddr, now time.Time) (ds.Key, []byte, func(), error) {
+	set, err := s.load(ctx, key, now)
+	if err != nil {
+		return ds.Key{}, nil, nil, err
 	}
 	r, ok := set[p]
 	if !ok {
 		if len(set) >= s.cfg.MaxPerKey {
-			return ErrKeyFull
+			return ds.Key{}, nil, nil, ErrKeyFull
 		}
 		r = &record{}
 	}
@@ -156,18 +221,21 @@ func (s *Store) Add(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multi
 	}
 	old, had := set[p]
 	set[p] = nr
-	if err := s.ds.Put(ctx, setKey(key), encodeSet(set)); err != nil {
+	undo := func() {
 		if had {
 			set[p] = old
 		} else {
 			delete(set, p)
 		}
-		return fmt.Errorf("providers: add: %w", err)
 	}
+	return setKey(key), encodeSet(set), undo, nil
+}
+
+// markPresent notes that key has an entry. Called with s.mu held.
+func (s *Store) markPresent(key []byte) {
 	if s.present != nil {
 		s.present[b32.EncodeToString(key)] = struct{}{}
 	}
-	return nil
 }
 
 // Get returns the live providers of key, most recently announced first,

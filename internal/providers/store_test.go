@@ -3,6 +3,7 @@ package providers
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -554,4 +555,82 @@ func TestNoPrefixQueryPerKey(t *testing.T) {
 	}
 	require.Zero(t, d.prefix.Load())
 	require.Equal(t, int64(400), d.queries.Load(), "one Get per new key, one per read of a key no longer in the 4-key cache")
+}
+
+// batchDS counts batches and direct puts, and can fail every commit.
+type batchDS struct {
+	*countingDS
+	puts, commits atomic.Int64
+	failCommit    bool
+}
+
+func (b *batchDS) Put(ctx context.Context, k ds.Key, v []byte) error {
+	b.puts.Add(1)
+	return b.countingDS.Put(ctx, k, v)
+}
+
+func (b *batchDS) Batch(ctx context.Context) (ds.Batch, error) {
+	inner, err := b.countingDS.Batch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &failingBatch{Batch: inner, d: b}, nil
+}
+
+type failingBatch struct {
+	ds.Batch
+	d *batchDS
+}
+
+func (f *failingBatch) Commit(ctx context.Context) error {
+	f.d.commits.Add(1)
+	if f.d.failCommit {
+		return errors.New("commit refused")
+	}
+	return f.Batch.Commit(ctx)
+}
+
+func TestAddMany(t *testing.T) {
+	ctx := context.Background()
+	ps := peers(t, 3)
+	keys := [][]byte{[]byte("a"), []byte("b"), []byte("c"), nil}
+	t.Run("one batch, every key readable", func(t *testing.T) {
+		d := &batchDS{countingDS: newDS()}
+		s := newStore(t, d, testConfig())
+		full, err := s.AddMany(ctx, keys, ps[0], []ma.Multiaddr{addr(t, 1)}, time.Now())
+		require.NoError(t, err)
+		require.Zero(t, full)
+		require.EqualValues(t, 1, d.commits.Load())
+		require.Zero(t, d.puts.Load(), "no write outside the batch")
+		again := newStore(t, d, testConfig()) // read from the datastore, not the cache
+		for _, k := range keys[:3] {
+			got, err := again.Get(ctx, k, time.Now(), 0)
+			require.NoError(t, err)
+			require.Equal(t, []peer.ID{ps[0]}, ids(got))
+			require.Len(t, got[0].Addrs, 1)
+		}
+	})
+	t.Run("full keys are counted and left out", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MaxPerKey = 1
+		s := newStore(t, &batchDS{countingDS: newDS()}, cfg)
+		require.NoError(t, s.Add(ctx, []byte("b"), ps[1], nil, time.Now()))
+		full, err := s.AddMany(ctx, keys, ps[0], nil, time.Now())
+		require.NoError(t, err)
+		require.Equal(t, 1, full)
+		got, err := s.Get(ctx, []byte("b"), time.Now(), 0)
+		require.NoError(t, err)
+		require.Equal(t, []peer.ID{ps[1]}, ids(got))
+	})
+	t.Run("a failed batch leaves nothing behind", func(t *testing.T) {
+		d := &batchDS{countingDS: newDS(), failCommit: true}
+		s := newStore(t, d, testConfig())
+		_, err := s.AddMany(ctx, keys, ps[0], nil, time.Now())
+		require.Error(t, err)
+		for _, k := range keys[:3] {
+			got, err := s.Get(ctx, k, time.Now(), 0)
+			require.NoError(t, err)
+			require.Empty(t, got, "the cache must not keep what the batch did not write")
+		}
+	})
 }
