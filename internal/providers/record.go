@@ -108,18 +108,9 @@ func decodeRecord(b []byte) (*record, error) {
 	}
 	b = b[n:]
 	r := &record{received: time.Unix(0, recv)}
-	for i := uint64(0); i < count; i++ {
-		l, n := binary.Uvarint(b)
-		if n <= 0 || l > uint64(len(b)-n) {
-			return nil, fmt.Errorf("%w: address %d", errCorrupt, i)
-		}
-		raw := b[n : n+int(l)]
-		b = b[n+int(l):]
-		a, err := ma.NewMultiaddrBytes(append([]byte(nil), raw...))
-		if err != nil {
-			continue
-		}
-		r.addrs = append(r.addrs, a)
+	var err error
+	if r.addrs, b, err = readAddrs(b, count, ""); err != nil {
+		return nil, err
 	}
 	if len(b) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(b))
@@ -128,6 +119,27 @@ func decodeRecord(b []byte) (*record, error) {
 		r.addrsAt = time.Unix(0, at)
 	}
 	return r, nil
+}
+
+// readAddrs reads count length-prefixed addresses from the front of b and
+// returns them with the rest of b. Addresses that do not parse are
+// dropped; a length running past b is errCorrupt, named with what.
+func readAddrs(b []byte, count uint64, what string) ([]ma.Multiaddr, []byte, error) {
+	var out []ma.Multiaddr
+	for j := uint64(0); j < count; j++ {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) {
+			return nil, nil, fmt.Errorf("%w: %saddress %d", errCorrupt, what, j)
+		}
+		raw := b[n : n+int(l)]
+		b = b[n+int(l):]
+		a, err := ma.NewMultiaddrBytes(append([]byte(nil), raw...))
+		if err != nil {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, b, nil
 }
 
 // encodeSet writes the providers of one key as: version byte, the count,
@@ -218,18 +230,8 @@ func decodeSet(b []byte) (keySet, error) {
 			b = b[n:]
 			r.addrsAt = time.UnixMilli(recv - age)
 		}
-		for j := uint64(0); j < na; j++ {
-			l, n := binary.Uvarint(b)
-			if n <= 0 || l > uint64(len(b)-n) {
-				return nil, fmt.Errorf("%w: provider %d address %d", errCorrupt, i, j)
-			}
-			raw := b[n : n+int(l)]
-			b = b[n+int(l):]
-			a, err := ma.NewMultiaddrBytes(append([]byte(nil), raw...))
-			if err != nil {
-				continue
-			}
-			r.addrs = append(r.addrs, a)
+		if r.addrs, b, err = readAddrs(b, na, fmt.Sprintf("provider %d ", i)); err != nil {
+			return nil, err
 		}
 		if na > 0 && len(r.addrs) == 0 {
 			r.addrsAt = time.Time{}
