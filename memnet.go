@@ -145,12 +145,20 @@ func (n *memNetwork) setLatency(latencyMin, latencyMax time.Duration) {
 func (n *memNetwork) addNode(opts ...Option) (*DHT, error) {
 	n.mu.Lock()
 	key, _, err := crypto.GenerateEd25519Key(n.rng)
-	n.port++
-	port := n.port
 	n.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("kad: memnet: identity: %w", err)
 	}
+	return n.addNodeWithKey(key, opts...)
+}
+
+// addNodeWithKey is addNode with the identity given (ids ground for a
+// position, in the simulator's Sybil scenario) and a fresh address.
+func (n *memNetwork) addNodeWithKey(key crypto.PrivKey, opts ...Option) (*DHT, error) {
+	n.mu.Lock()
+	n.port++
+	port := n.port
+	n.mu.Unlock()
 	addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port))
 	if err != nil {
 		return nil, fmt.Errorf("kad: memnet: address: %w", err)

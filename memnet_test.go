@@ -30,6 +30,21 @@ func memNodes(t testing.TB, mn *memNetwork, n int, opts ...Option) []*DHT {
 	return nodes
 }
 
+// memHub returns a network of three server nodes on 20 ms links (seeded by
+// seed, failing requests after failDelay), without upkeep, where the first
+// is connected to the other two.
+func memHub(t testing.TB, seed uint64, failDelay time.Duration) (mn *memNetwork, a, b, c *DHT) {
+	t.Helper()
+	mn = newMemNetwork(seed, 20*time.Millisecond, 20*time.Millisecond)
+	mn.failDelay = failDelay
+	nodes := memNodes(t, mn, 3, RandomWalk(false))
+	a, b, c = nodes[0], nodes[1], nodes[2]
+	require.NoError(t, mn.connect(a, b))
+	require.NoError(t, mn.connect(a, c))
+	settle()
+	return mn, a, b, c
+}
+
 // memJoin makes every node of nodes but the first join through the first:
 // Bootstrap, then a second self-lookup by everyone so that early nodes
 // learn of late ones, as newTestNet does on mocknet.
@@ -158,15 +173,9 @@ func TestMemNetRoundTrip(t *testing.T) {
 // request.
 func TestMemNetFailures(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		mn := newMemNetwork(3, 20*time.Millisecond, 20*time.Millisecond)
-		mn.failDelay = 7 * time.Millisecond
-		nodes := memNodes(t, mn, 3, RandomWalk(false))
-		a, b, c := nodes[0], nodes[1], nodes[2]
+		mn, a, b, c := memHub(t, 3, 7*time.Millisecond)
 		ctx := context.Background()
 		ping := &pb.Message{Type: pb.Ping}
-		require.NoError(t, mn.connect(a, b))
-		require.NoError(t, mn.connect(a, c))
-		settle()
 		require.True(t, a.RoutingTable().Find(b.self))
 
 		require.NoError(t, mn.stop(b))

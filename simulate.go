@@ -156,7 +156,6 @@ func simulate(cfg isim.Config) (res *isim.Result, err error) {
 	log.Info("lookups measured", "recall", res.Lookup.Recall, "rpcs", res.Lookup.RPCs, "hops", res.Lookup.Hops)
 
 	if cfg.Attack != nil {
-		s.adversary = make([]bool, cfg.N)
 		sybils, attacks, err := s.attack(ctx, cfg, mn, opts, rng)
 		if err != nil {
 			return nil, err
@@ -224,9 +223,8 @@ type simNet struct {
 	index map[peer.ID]int
 	dead  []bool
 	k     int
-	// The attack scenarios': who lies, and which nodes are adversaries.
+	// The attack scenarios': who lies.
 	cabal     simCabal
-	adversary []bool
 	attacking bool // the run has attack scenarios: odd nodes run DisjointPaths
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 	mh "github.com/multiformats/go-multihash"
 
 	"github.com/kadlib/kad/internal/kbucket"
@@ -131,10 +130,8 @@ func (s *simNet) attack(ctx context.Context, cfg isim.Config, mn *memNetwork, op
 	for _, f := range a.Fractions {
 		adv := order[:int(f*float64(len(s.nodes)))]
 		bad := make([]*DHT, len(adv))
-		s.adversary = make([]bool, len(s.nodes))
 		for x, i := range adv {
 			bad[x] = s.nodes[i]
-			s.adversary[i] = true
 		}
 		s.cabal.set(bad)
 		for _, d := range []int{1, a.Disjoint} {
@@ -149,7 +146,6 @@ func (s *simNet) attack(ctx context.Context, cfg isim.Config, mn *memNetwork, op
 		}
 	}
 	s.cabal.set(nil)
-	s.adversary = make([]bool, len(s.nodes))
 	if a.Sybils < 0 {
 		return nil, out, nil
 	}
@@ -230,15 +226,7 @@ func (s *simNet) join(ctx context.Context, mn *memNetwork, rng *rand.Rand, key c
 	for range 3 {
 		boots = append(boots, memInfo(s.nodes[s.randomLive(rng)]))
 	}
-	mn.mu.Lock()
-	mn.port++
-	port := mn.port
-	mn.mu.Unlock()
-	addr, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port))
-	if err != nil {
-		return nil, err
-	}
-	d, err := mn.start(key, addr, append(opts, BootstrapPeers(boots...)))
+	d, err := mn.addNodeWithKey(key, append(opts, BootstrapPeers(boots...))...)
 	if err != nil {
 		return nil, fmt.Errorf("sim: sybil: %w", err)
 	}
@@ -260,8 +248,9 @@ func (s *simNet) attackPhase(ctx context.Context, rng *rand.Rand, a *isim.Attack
 	defer func() { ph.Lies = s.cabal.lies.Load() - lies }()
 	// Honest nodes of the group: odd nodes run a.Disjoint, even ones 1.
 	var group []int
+	m := s.cabal.members.Load()
 	for i := range s.nodes {
-		if !s.adversary[i] && !s.dead[i] && (i%2 == 1) == (d != 1 || a.Disjoint == 1) {
+		if (m == nil || !m.set[s.ids[i]]) && !s.dead[i] && (i%2 == 1) == (d != 1 || a.Disjoint == 1) {
 			group = append(group, i)
 		}
 	}

@@ -16,13 +16,7 @@ import (
 // their tables until a request to it fails, after the fail delay.
 func TestMemNetVanish(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		mn := newMemNetwork(9, 20*time.Millisecond, 20*time.Millisecond)
-		mn.failDelay = 5 * time.Millisecond
-		nodes := memNodes(t, mn, 3, RandomWalk(false))
-		a, b, c := nodes[0], nodes[1], nodes[2]
-		require.NoError(t, mn.connect(a, b))
-		require.NoError(t, mn.connect(a, c))
-		settle()
+		mn, a, b, c := memHub(t, 9, 5*time.Millisecond)
 		require.NoError(t, mn.vanish(b))
 		settle()
 		require.True(t, a.RoutingTable().Find(b.self), "nobody told a")
