@@ -90,16 +90,10 @@ func (r *chaosRun) work(ctx context.Context, w int, a actor, rng *rand.Rand) {
 				r.tally("FindProviders of kad provide's records", ok)
 			}
 		default:
-			var up []*chaosServer
-			for _, s := range r.servers {
-				if s.isUp() {
-					up = append(up, s)
-				}
-			}
-			if len(up) == 0 {
+			s := r.randomUp(rng)
+			if s == nil {
 				break
 			}
-			s := up[rng.IntN(len(up))]
 			ok, err := a.findPeer(opCtx, s.id)
 			r.count("FindPeer", a, err == nil && ok)
 		}
@@ -109,6 +103,20 @@ func (r *chaosRun) work(ctx context.Context, w int, a actor, rng *rand.Rand) {
 
 // pickKey returns a key with a confirmed value, the sequence number a
 // read must reach, and how many of its k closest servers are down.
+// randomUp returns a random server that is up, or nil if none is.
+func (r *chaosRun) randomUp(rng *rand.Rand) *chaosServer {
+	var up []*chaosServer
+	for _, s := range r.servers {
+		if s.isUp() {
+			up = append(up, s)
+		}
+	}
+	if len(up) == 0 {
+		return nil
+	}
+	return up[rng.IntN(len(up))]
+}
+
 func (r *chaosRun) pickKey(rng *rand.Rand) (string, int, int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -204,11 +204,7 @@ func (r *chaosRun) startNetwork(ctx context.Context) {
 			s.kill()
 		}
 		// Restarts still pending find their server closed.
-		done := make(chan struct{})
-		go func() { r.restartWG.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
+		if !r.restartsDone(60 * time.Second) {
 			t.Error("restarts still pending 60 s after the test")
 		}
 	})
@@ -237,6 +233,19 @@ func (r *chaosRun) startNetwork(ctx context.Context) {
 // their routing tables, and starts them again without --bootstrap: each
 // must come back with its identity and answer FIND_NODE with peers from
 // its saved table.
+// restartsDone waits up to d for the restarts in flight to finish and
+// reports whether they did.
+func (r *chaosRun) restartsDone(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { r.restartWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 func (r *chaosRun) rollingRestart(ctx context.Context) {
 	for b := 0; b < chaosServers; b += chaosMaxDown {
 		r.parallel(r.servers[b:b+chaosMaxDown], func(s *chaosServer) error {
@@ -363,16 +372,10 @@ func (r *chaosRun) chaos(ctx context.Context) {
 		if r.down.Load() >= chaosMaxDown {
 			continue
 		}
-		var up []*chaosServer
-		for _, s := range r.servers {
-			if s.isUp() {
-				up = append(up, s)
-			}
-		}
-		if len(up) == 0 {
+		s := r.randomUp(rng)
+		if s == nil {
 			continue
 		}
-		s := up[rng.IntN(len(up))]
 		r.down.Add(1)
 		if _, err := s.signal(syscall.SIGKILL, 10*time.Second); err != nil {
 			t.Error(err)
@@ -397,11 +400,7 @@ func (r *chaosRun) chaos(ctx context.Context) {
 	}
 	wg.Wait()
 	<-sampler
-	done := make(chan struct{})
-	go func() { r.restartWG.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
+	if !r.restartsDone(60 * time.Second) {
 		t.Fatal("restarts did not finish within 60 s of the end of the chaos")
 	}
 	require.False(t, t.Failed())
