@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -23,14 +24,16 @@ import (
 
 // Providing many keys. One Provide per key pays a whole lookup for each,
 // though keys that sit close together in the keyspace share their k
-// closest peers. ProvideMany sorts the keys by position and walks them:
-// the first key not yet placed gets a lookup, whose k closest peers form a
-// region; every following key whose k closest among all the peers learned
-// so far (computed locally, no network) are mostly that same set joins the
-// region. Each key then goes to its own closest known peers (mostly the
-// region's), and each of those peers gets all its messages of the region
-// one after the other on one stream. Peers see nothing but ordinary
-// ADD_PROVIDER requests.
+// closest peers. ProvideMany sorts the keys by position and walks them,
+// keeping every peer the lookups name. A key's k closest known peers are
+// its true k closest once every peer of the smallest subtree (key prefix)
+// holding them is known; a lookup whose k-th closest peer shares p
+// leading bits with its target has found every peer sharing p+1 bits with
+// it. So the walk looks up only where its keys need a subtree it has not
+// seen whole yet, about once per subtree of k/2 to k peers, and places
+// every other key locally, without a request. Each peer gets its messages
+// of the keys placed between two lookups one after the other on one
+// stream. Peers see nothing but ordinary ADD_PROVIDER requests.
 
 const (
 	// provideManyBatch is how many keys ProvideManyChan gathers before
@@ -52,10 +55,10 @@ const (
 // reprovide pass.
 type ProvideReport struct {
 	Keys       int // distinct keys stored locally and announced
-	Lookups    int // lookups run: one per keyspace region
+	Lookups    int // lookups run: about one per subtree of k/2 to k peers
 	Messages   int // ADD_PROVIDER messages written to peers
 	Streams    int // streams opened for them
-	KeysMissed int // keys whose region reached no peer
+	KeysMissed int // keys no lookup could place, or placed on no known peer
 }
 
 func (r *ProvideReport) add(o ProvideReport) {
@@ -69,8 +72,8 @@ func (r *ProvideReport) add(o ProvideReport) {
 // ProvideProgress is how far a ProvideManyReport or ProvideManyChan has
 // come, as given to a ProvideManyProgress func.
 type ProvideProgress struct {
-	// Placed is how many of Report.Keys have their region found and
-	// their records queued to its peers, or were given up on (counted in
+	// Placed is how many of Report.Keys have their closest peers found
+	// and their records queued to them, or were given up on (counted in
 	// Report.KeysMissed). When Placed reaches Report.Keys only sends are
 	// left; ProvideManyChan takes in more keys batch by batch, so there
 	// Report.Keys grows too.
@@ -117,9 +120,9 @@ type provKey struct {
 }
 
 // ProvideMany announces that this node has the content of every key, like
-// Provide with announce for each, at a fraction of the cost: one lookup
-// per keyspace region of k peers rather than per key, and one stream per
-// peer and region (see ProvideManyReport). Every key is stored locally
+// Provide with announce for each, at a fraction of the cost: about one
+// lookup per keyspace subtree of k/2 to k peers rather than one per key,
+// and one stream per peer for many keys (see ProvideManyReport). Every key is stored locally
 // first. It fails only if no announcement reached any peer, or with an
 // invalid CID (before anything is sent).
 func (d *DHT) ProvideMany(ctx context.Context, keys []cid.Cid) error {
@@ -209,7 +212,7 @@ func (s *providerSide) provideManyChan(ctx context.Context, keys <-chan cid.Cid,
 	}
 }
 
-// provideKeys stores keys locally and announces them region by region,
+// provideKeys stores keys locally and announces them subtree by subtree,
 // telling prog (which may be nil) how it goes.
 func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *provideProgress) (ProvideReport, error) {
 	var rep ProvideReport
@@ -263,8 +266,8 @@ func (s *providerSide) provideKeys(ctx context.Context, keys []provKey, prog *pr
 		known: newKnownPeers(s.tablePeers()),
 	}
 	w.sends.SetLimit(provideManySends)
-	// The sorted keys are cut into contiguous runs walked at once, each
-	// run region by region: a run boundary may split a region (one extra
+	// The sorted keys are cut into contiguous runs walked at once, sharing
+	// what they learn: a run boundary may split a subtree (one extra
 	// lookup per run at most), but the lookups overlap instead of queueing.
 	runs := provideManyRuns(len(keys), s.k, s.q.kthDistance(s.k), len(w.known.pos))
 	var walkers sync.WaitGroup
@@ -328,19 +331,60 @@ type provideWalk struct {
 	sends errgroup.Group
 
 	mu        sync.Mutex
+	cover     kbucket.Cover // subtrees whose every peer is known
 	rep       ProvideReport // Lookups, Messages, Streams, KeysMissed
 	reached   int           // messages on streams the peer accepted
 	lookupErr error
 }
 
-// walk places a sorted run of keys region by region: a lookup for the
-// first key not yet placed, then every following key whose closest known
-// peers are mostly that region's; the region's records go out in the
-// background while the walk goes on.
+// walk places a sorted run of keys. A key goes, with no request, to its k
+// closest known peers once those are its true k closest: once every peer
+// of the smallest subtree holding them is known (w.cover). Until then the
+// walk looks into the uncovered parts of that subtree, at the key itself
+// first; a lookup whose k-th closest peer shares p leading bits with its
+// target has found every peer sharing p+1 bits with it, which covers that
+// subtree for the keys that follow too. Records placed between two
+// lookups go out in the background, one stream per peer, while the walk
+// goes on.
 func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 	s := w.s
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	b := provideBatch{dest: map[peer.ID][]*pb.Message{}}
+	defer func() { w.flush(ctx, &b) }()
+	tries := 0
 	for i := 0; i < len(keys) && ctx.Err() == nil; {
-		target := keys[i]
+		y := keys[i]
+		own, last := w.known.closest(y.pos, s.k)
+		depth := 0
+		if len(own) == s.k {
+			depth = kbucket.CommonPrefixLen(y.pos, last)
+		}
+		w.mu.Lock()
+		at, prefix, open := w.cover.Uncovered(y.pos, depth)
+		w.mu.Unlock()
+		if !open || tries >= provideManyTries {
+			// Placed: on its true closest, or (lookups failing) on the
+			// closest we know.
+			tries = 0
+			i++
+			if len(own) == 0 {
+				w.miss(1, nil)
+				continue
+			}
+			b.add(s.addProviderMsg(y.mh, w.addrs), own)
+			if b.keys >= provideManyPerStream {
+				w.flush(ctx, &b)
+			}
+			continue
+		}
+		// Send what is placed while the lookup runs.
+		w.flush(ctx, &b)
+		tries++
+		target, ok := lookupKey(keys, at, prefix, rng)
+		if !ok {
+			tries = provideManyTries // too deep to aim at: place as known
+			continue
+		}
 		res, err := s.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
 			closer, err := s.q.findNode(ctx, p, target.mh)
 			if err != nil {
@@ -353,107 +397,125 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 		w.mu.Lock()
 		w.rep.Lookups++
 		w.mu.Unlock()
+		w.prog.add(0, ProvideReport{Lookups: 1})
 		if err != nil || len(res.closest) == 0 {
 			if err == nil {
 				err = ErrNoPeerReached
 			}
-			i++
-			missed := 1
-			stop := errors.Is(err, ErrNoPeers) || errors.Is(err, ErrClosed)
-			if stop {
-				missed += len(keys) - i
-			}
-			w.mu.Lock()
-			w.lookupErr = err
-			w.rep.KeysMissed += missed
-			w.mu.Unlock()
-			w.prog.add(missed, ProvideReport{Lookups: 1, KeysMissed: missed})
-			if stop {
+			if errors.Is(err, ErrNoPeers) || errors.Is(err, ErrClosed) {
+				w.miss(len(keys)-i, err)
 				return
 			}
+			w.miss(0, err)
 			continue
 		}
 		s.touch(target.pos)
-		region := res.closest
-		w.known.add(region...)
-		// Each key of the region goes to its own closest known peers
-		// (the region's, but for the few covers allows to differ), so a
-		// record lands where a per-key lookup would put it.
-		dest := map[peer.ID][]*pb.Message{}
-		var order []peer.ID
-		send := func(pk provKey, to []peer.ID) {
-			m := s.addProviderMsg(pk.mh, w.addrs)
-			for _, p := range to {
-				if _, ok := dest[p]; !ok {
-					order = append(order, p)
-				}
-				dest[p] = append(dest[p], m)
-			}
+		w.known.add(res.closest...)
+		depth = 0
+		if len(res.closest) >= s.k {
+			// Every peer closer than the k-th is among the closest.
+			depth = kbucket.CommonPrefixLen(target.pos, kbucket.PeerKey(res.closest[s.k-1])) + 1
 		}
-		send(target, region)
-		j := i + 1
-		for j < len(keys) {
-			own := w.known.closest(keys[j].pos, len(region))
-			if !covers(region, own) {
-				break
-			}
-			send(keys[j], own)
-			j++
-		}
-		placed := j - i
-		i = j
-		w.prog.add(placed, ProvideReport{Lookups: 1})
-		for _, p := range order {
-			msgs := dest[p]
-			for start := 0; start < len(msgs); start += provideManyPerStream {
-				chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
-				if ctx.Err() != nil {
-					return
-				}
-				w.sends.Go(func() error {
-					// Close waits for the send too; Go may have waited
-					// for a slot while ctx ended or Close began.
-					if ctx.Err() != nil || !s.own.enter() {
-						return nil
-					}
-					defer s.own.leave()
-					w.mu.Lock()
-					w.rep.Streams++
-					w.mu.Unlock()
-					n, err := s.q.sendOneWay(ctx, p, chunk, nil)
-					w.mu.Lock()
-					w.rep.Messages += n
-					if err == nil {
-						w.reached += n
-					}
-					w.mu.Unlock()
-					w.prog.add(0, ProvideReport{Messages: n, Streams: 1})
-					if err != nil {
-						s.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
-					}
-					return nil
-				})
-			}
-		}
+		w.mu.Lock()
+		w.cover.Mark(target.pos, depth)
+		w.mu.Unlock()
 	}
 }
 
-// covers reports whether a key whose closest known peers are closest
-// belongs to the region: at most a tenth of its peers (rounded down) may
-// differ. Those few would also get the record from a per-key lookup; a
-// finder still meets the rest of the region, and the record's next
-// announcement lands on them.
-func covers(region, closest []peer.ID) bool {
-	if len(closest) < len(region) {
-		return false
+// provideManyTries bounds the lookups one key waits for before it is
+// placed on the closest peers known: lookups that keep failing must not
+// hold the walk.
+const provideManyTries = 8
+
+// lookupKey is a key to look up in the subtree of the positions sharing
+// the first prefix bits of at: one of keys (sorted by position) if one
+// lies there, else bytes found by hashing.
+func lookupKey(keys []provKey, at kbucket.ID, prefix int, rng *rand.Rand) (provKey, bool) {
+	low := at
+	for i := prefix; i < len(low)*8; i++ {
+		low[i/8] &^= 0x80 >> uint(i%8)
 	}
-	in := 0
-	for _, p := range closest {
-		if slices.Contains(region, p) {
-			in++
+	j, _ := slices.BinarySearchFunc(keys, low, func(k provKey, t kbucket.ID) int { return bytes.Compare(k.pos[:], t[:]) })
+	if j < len(keys) && kbucket.CommonPrefixLen(keys[j].pos, at) >= prefix {
+		return keys[j], true
+	}
+	mh, ok := kbucket.KeyWithPrefix(at, prefix, rng, 1<<20)
+	if !ok {
+		return provKey{}, false
+	}
+	return provKey{mh: mh, pos: kbucket.KeyForBytes(mh)}, true
+}
+
+// miss counts n keys given up on and, if err is not nil, a failed lookup.
+func (w *provideWalk) miss(n int, err error) {
+	w.mu.Lock()
+	w.rep.KeysMissed += n
+	if err != nil {
+		w.lookupErr = err
+	}
+	w.mu.Unlock()
+	if n > 0 {
+		w.prog.add(n, ProvideReport{KeysMissed: n})
+	}
+}
+
+// provideBatch gathers the records of consecutive placed keys by peer.
+type provideBatch struct {
+	dest  map[peer.ID][]*pb.Message
+	order []peer.ID
+	keys  int
+}
+
+func (b *provideBatch) add(m *pb.Message, to []peer.ID) {
+	for _, p := range to {
+		if _, ok := b.dest[p]; !ok {
+			b.order = append(b.order, p)
+		}
+		b.dest[p] = append(b.dest[p], m)
+	}
+	b.keys++
+}
+
+// flush queues the batch's sends, one stream per peer (and per
+// provideManyPerStream messages), and empties it.
+func (w *provideWalk) flush(ctx context.Context, b *provideBatch) {
+	s := w.s
+	if b.keys > 0 {
+		w.prog.add(b.keys, ProvideReport{})
+	}
+	for _, p := range b.order {
+		msgs := b.dest[p]
+		for start := 0; start < len(msgs); start += provideManyPerStream {
+			chunk := msgs[start:min(start+provideManyPerStream, len(msgs))]
+			if ctx.Err() != nil {
+				break
+			}
+			w.sends.Go(func() error {
+				// Close waits for the send too; Go may have waited
+				// for a slot while ctx ended or Close began.
+				if ctx.Err() != nil || !s.own.enter() {
+					return nil
+				}
+				defer s.own.leave()
+				w.mu.Lock()
+				w.rep.Streams++
+				w.mu.Unlock()
+				n, err := s.q.sendOneWay(ctx, p, chunk, nil)
+				w.mu.Lock()
+				w.rep.Messages += n
+				if err == nil {
+					w.reached += n
+				}
+				w.mu.Unlock()
+				w.prog.add(0, ProvideReport{Messages: n, Streams: 1})
+				if err != nil {
+					s.log.Debug("provide many: batch not delivered", "peer", p, "messages", len(chunk), "err", err)
+				}
+				return nil
+			})
 		}
 	}
-	return in >= len(region)-len(region)/10
+	*b = provideBatch{dest: map[peer.ID][]*pb.Message{}}
 }
 
 // knownPeers are the peers a ProvideMany has learned of, with their
@@ -501,8 +563,9 @@ func (k *knownPeers) remove(p peer.ID) {
 	k.gone[p] = true
 }
 
-// closest returns the n known peers closest to target, closest first.
-func (k *knownPeers) closest(target kbucket.ID, n int) []peer.ID {
+// closest returns the n known peers closest to target, closest first,
+// and the position of the last of them.
+func (k *knownPeers) closest(target kbucket.ID, n int) ([]peer.ID, kbucket.ID) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	type cand struct {
@@ -525,5 +588,9 @@ func (k *knownPeers) closest(target kbucket.ID, n int) []peer.ID {
 	for i, c := range best {
 		out[i] = c.p
 	}
-	return out
+	var last kbucket.ID
+	if len(best) > 0 {
+		last = best[len(best)-1].d.Xor(target)
+	}
+	return out, last
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -19,6 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/kadlib/kad/internal/kbucket"
 )
 
 // pmCIDs returns n CIDv1 (raw) of random content drawn from a seeded rng.
@@ -288,4 +291,50 @@ func TestProvideManyRuns(t *testing.T) {
 			require.Equal(t, c.want, provideManyRuns(c.n, c.k, c.kth, c.known))
 		})
 	}
+}
+
+// ProvideMany puts every record on its key's true k closest peers, with
+// about one lookup per subtree of fewer than k peers (not one per key,
+// nor one per change of a key's closest set), in virtual time over memnet.
+func TestProvideManyPlacement(t *testing.T) {
+	n, count := 150, 3000
+	if testing.Short() {
+		n, count = 80, 1000
+	}
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNetwork(11, 5*time.Millisecond, 40*time.Millisecond)
+		nodes := memNodes(t, mn, n, RandomWalk(false))
+		memJoin(t, nodes)
+		ids := make([]peer.ID, n)
+		for i, d := range nodes {
+			ids[i] = d.self
+		}
+		prov := nodes[n/2]
+		cids := pmCIDs(t, count, 12)
+		rep, err := prov.ProvideManyReport(context.Background(), cids)
+		require.NoError(t, err)
+		settle() // the last one-way messages arrive
+		require.Equal(t, count, rep.Keys)
+		require.Zero(t, rep.KeysMissed)
+		require.Equal(t, count*20, rep.Messages, "each key to k peers, no more")
+		// A subtree the lookups cover holds about k/2 to k peers.
+		require.LessOrEqual(t, rep.Lookups, 2*n/10+provideManyRuns(count, 20, prov.provs.q.kthDistance(20), n), "lookups")
+		byID := map[peer.ID]*DHT{}
+		for _, d := range nodes {
+			byID[d.self] = d
+		}
+		misplaced := 0
+		for _, c := range cids {
+			for _, p := range trueClosest(kbucket.KeyForBytes(c.Hash()), ids, prov.self, 20) {
+				got, err := byID[p].provs.store.GetProviders(context.Background(), c.Hash())
+				require.NoError(t, err)
+				if len(got) != 1 || got[0].ID != prov.self {
+					misplaced++
+				}
+			}
+		}
+		t.Logf("%d nodes, %d keys: %d lookups, %d messages on %d streams; %d of %d records off their true closest",
+			n, count, rep.Lookups, rep.Messages, rep.Streams, misplaced, count*20)
+		require.Zero(t, misplaced)
+	})
 }

@@ -62,10 +62,10 @@ Announces to the k peers closest to <cid> that this node provides it.
 
 With --file, announces every CID listed in <file> (or standard input,
 for "-"), one per line; blank lines and lines starting with # are
-skipped. The keys are announced together (ProvideMany): one lookup per
-region of the keyspace rather than per key. A progress bar on stderr (on
-a terminal) shows the keys placed, the regions, the rate and the time
-left; then a summary is printed (--json: the ProvideReport).
+skipped. The keys are announced together (ProvideMany): about one
+lookup per keyspace subtree of k/2 to k peers rather than per key. A
+progress bar on stderr (on a terminal) shows the keys placed, the
+lookups, the rate and the time left; then a summary is printed (--json: the ProvideReport).
 ` + clientHelp + `
 
 The provider record names this client, which exits right after: finders

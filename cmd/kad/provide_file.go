@@ -69,7 +69,7 @@ func provideFile(ctx context.Context, e *env, file string) error {
 			}, "")
 		}
 		return e.print(nil, "announced %d %s in %d %s (%d ADD_PROVIDER messages on %d streams), %d missed, in %v: provider %s",
-			rep.Keys, plural(rep.Keys, "key"), rep.Lookups, plural(rep.Lookups, "region"), rep.Messages, rep.Streams,
+			rep.Keys, plural(rep.Keys, "key"), rep.Lookups, plural(rep.Lookups, "lookup"), rep.Messages, rep.Streams,
 			rep.KeysMissed, took.Round(time.Millisecond), n.h.ID())
 	})
 }
@@ -113,8 +113,8 @@ func readCIDs(e *env, file string) ([]cid.Cid, error) {
 }
 
 // provideBar draws a ProvideMany's progress on a terminal: keys placed
-// (their region found and their records queued to its peers) out of all,
-// the regions so far, the rate and the time left. Off a terminal it draws
+// (their closest peers found and their records queued to them) out of
+// all, the lookups so far, the rate and the time left. Off a terminal it draws
 // nothing.
 type provideBar struct {
 	bar   *progressbar.ProgressBar // nil: not a terminal
@@ -145,7 +145,7 @@ func (b *provideBar) update(p kad.ProvideProgress) {
 	if b.bar == nil {
 		return
 	}
-	desc := fmt.Sprintf("%d %s", p.Report.Lookups, plural(p.Report.Lookups, "region"))
+	desc := fmt.Sprintf("%d %s", p.Report.Lookups, plural(p.Report.Lookups, "lookup"))
 	if p.Placed >= b.total {
 		desc += ", sending" // every key placed: only sends are left
 	}
