@@ -9,6 +9,7 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	dsq "github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
@@ -28,10 +29,11 @@ import (
 //	go test -run='^$' -fuzz='^FuzzHandlePutValue$' -fuzztime=30s .
 
 // countingDS counts the writes made to a datastore, so a fuzz run can
-// check "nothing changed" without comparing whole stores.
+// check "nothing changed" without comparing whole stores, and the queries.
 type countingDS struct {
 	ds.Batching
-	writes atomic.Int64
+	writes  atomic.Int64
+	queries atomic.Int64
 }
 
 func (c *countingDS) Put(ctx context.Context, k ds.Key, v []byte) error {
@@ -180,3 +182,9 @@ func FuzzHandleGetProviders(f *testing.F) { fuzzServe(f, pb.GetProviders) }
 // FuzzServeAnyType lets the bytes choose the type too: unknown types,
 // PING, and the types' handlers fed each other's requests.
 func FuzzServeAnyType(f *testing.F) { fuzzServe(f, -1) }
+
+// Query counts queries too, for tests that bound how often a store is read.
+func (c *countingDS) Query(ctx context.Context, q dsq.Query) (dsq.Results, error) {
+	c.queries.Add(1)
+	return c.Batching.Query(ctx, q)
+}

@@ -3,6 +3,7 @@ package kad
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -206,5 +207,42 @@ func TestStartStopProviding(t *testing.T) {
 		require.NoError(t, err)
 		_, err = New(ctx, h, opts...)
 		require.True(t, errors.Is(err, ErrInvalidOption), "%v", err)
+	}
+}
+
+// A region's keys are read with one query per first byte it spans, or
+// with one query of every kept key when it spans a quarter of the
+// keyspace or more (a MapDatastore reads all its entries per query);
+// either way exactly the region's keys come back.
+func TestReproviderRegionKeysQueries(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		bits, queries int
+	}{
+		{0, 1}, {2, 1}, {3, 32}, {8, 1}, {10, 1},
+	} {
+		t.Run(fmt.Sprintf("bits %d", c.bits), func(t *testing.T) {
+			store := &countingDS{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+			keys := rpKeys(t, store, 3000)
+			// Other entries of the store are not kept keys.
+			require.NoError(t, store.Put(ctx, ds.NewKey("/providers/x"), []byte{1}))
+			r := &reprovider{ds: store, sched: reprovide.Schedule{Interval: time.Hour, Bits: c.bits}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			for _, region := range []int{0, r.sched.Regions() - 1} {
+				store.queries.Store(0)
+				got, err := r.regionKeys(ctx, region)
+				require.NoError(t, err)
+				require.Equal(t, int64(c.queries), store.queries.Load())
+				want := 0
+				for _, k := range keys {
+					if reprovide.RegionOf(k.pos, c.bits) == region {
+						want++
+					}
+				}
+				require.Len(t, got, want)
+				for _, k := range got {
+					require.Equal(t, region, reprovide.RegionOf(k.pos, c.bits))
+				}
+			}
+		})
 	}
 }
