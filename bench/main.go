@@ -65,6 +65,7 @@ func parse(args []string) (*options, error) {
 	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
 	replot := fs.String("replot", "", "rewrite the .md and charts of a saved .json report instead of running")
 	memProfile := fs.String("memprofile", "", "write a heap profile after each setup to <prefix>-<impl>.pprof")
+	cpuProfile := fs.String("cpuprofile", "", "with -provide: write a CPU profile of each providing run to <prefix>-<impl>-<store>-<path>.pprof")
 	provide := fs.Int("provide", 0, "run only the providing-at-scale phase: this many random CIDs handed to one node (e.g. 10000)")
 	provStores := fs.String("provide-stores", "mem,leveldb", "datastores of the providing node, one run each: mem, leveldb")
 	provSample := fs.Int("provide-sample", 200, "CIDs whose findability from other nodes is checked")
@@ -121,7 +122,7 @@ func parse(args []string) (*options, error) {
 	if *quiet {
 		level = slog.LevelWarn
 	}
-	o.p = Params{Transport: *transport, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, Refresh: *refresh, Idle: *idle,
+	o.p = Params{Transport: *transport, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, CPUProfile: *cpuProfile, Refresh: *refresh, Idle: *idle,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if o.tag == "" {
 		ln := "lat" + *lat

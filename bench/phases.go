@@ -43,6 +43,9 @@ type Params struct {
 	// MemProfile, if set, is the path prefix of a heap profile written
 	// after each implementation's setup ("<prefix>-<impl>.pprof").
 	MemProfile string
+	// CPUProfile, if set, is the path prefix of a CPU profile of each
+	// providing run (-provide).
+	CPUProfile string
 }
 
 // OpStats summarises one phase: a kind of operation run Ops times.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,7 +148,10 @@ func runProvide(impl Impl, p Params, pp ProvideParams, keys []ic.PrivKey, dir st
 		}
 		for _, path := range paths {
 			res := &ProvideRun{Impl: impl.Name, Store: kind, Path: path, Keys: len(cids)}
-			if err := provideOnce(ctx, tn, pi, cids, path, res); err != nil {
+			stopProfile := startCPUProfile(p.CPUProfile, impl.Name, kind, path)
+			err := provideOnce(ctx, tn, pi, cids, path, res)
+			stopProfile()
+			if err != nil {
 				res.Error = err.Error()
 				log.Error("provide run failed", "store", kind, "path", path, "err", err)
 			} else {
@@ -529,4 +533,27 @@ func (r *ProvideResults) markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// startCPUProfile profiles the CPU until the returned func is called, into
+// <prefix>-<impl>-<store>-<path>.pprof; with no prefix it does nothing.
+func startCPUProfile(prefix, impl, store, path string) (stop func()) {
+	if prefix == "" {
+		return func() {}
+	}
+	name := fmt.Sprintf("%s-%s-%s-%s.pprof", prefix, impl, store, strings.ReplaceAll(path, " ", "-"))
+	f, err := os.Create(name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: cpu profile: %v\n", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: cpu profile: %v\n", err)
+		_ = f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
 }
