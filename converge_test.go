@@ -50,7 +50,7 @@ func TestLookupNear(t *testing.T) {
 	near, first := d.q.near(20, false)
 	require.Greater(t, first, 0.0)
 	require.False(t, math.IsInf(near, 1), "29 peers known: an estimate, not everything")
-	require.InDelta(t, lookup.NearFactor*first, near, 1e-12, "before the first answer: the estimate without the margin")
+	require.InDelta(t, lookup.NearFactor/lookup.FirstNearFactor*first, near, 1e-12, "before the first answer: a fraction of the estimate")
 	near, first = d.q.near(20, true)
 	require.Zero(t, near, "a lookup that may stop early")
 	require.Zero(t, first)

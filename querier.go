@@ -210,15 +210,15 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 
 // near returns the Near and FirstNear distances of a lookup
 // (lookup.Config): the estimated distance from a key to its k-th closest
-// peer, from our own closest peers, with lookup.NearFactor's margin and
-// without. 0 (off) for a lookup that may stop early, and with
-// ConvergeConcurrency set, whose point is to send fewer requests.
+// peer, from our own closest peers, scaled by lookup.NearFactor and
+// lookup.FirstNearFactor. 0 (off) for a lookup that may stop early, and
+// with ConvergeConcurrency set, whose point is to send fewer requests.
 func (q *querier) near(k int, stopsEarly bool) (near, first float64) {
 	if stopsEarly || q.cfg.convergeAlpha != 0 {
 		return 0, 0
 	}
 	kth := q.kthDistance(k)
-	return lookup.NearFactor * kth, kth
+	return lookup.NearFactor * kth, lookup.FirstNearFactor * kth
 }
 
 // kthDistance estimates the distance from any key to its k-th closest

@@ -19,6 +19,14 @@ const (
 	// peer of a key (kbucket.KthDistance) into the Near distance drivers
 	// pass: a margin for the estimate's error, found on the simulator.
 	NearFactor = 1.5
+	// FirstNearFactor scales the same estimate into the FirstNear distance:
+	// seeds within half the distance of the K-th closest are result
+	// members even when the estimate is off by half, so asking them
+	// before any answer wastes almost nothing. Measured on the TCP
+	// benchmark at 100 nodes: 0.5 asked 0.6 requests per lookup more than
+	// none and cut p50 and p95 by 15-30 ms, as much as 1.0, which asked
+	// 1.5-2.5 more.
+	FirstNearFactor = 0.5
 )
 
 // ErrInvalidConfig is wrapped by every error Validate returns, so the option
@@ -66,11 +74,11 @@ type Config struct {
 	// FirstNear is Near before the path's first answer: seeds within it
 	// are asked at once, beside the FirstAlpha closest. Until an answer
 	// comes the lookup knows nothing closer than its seeds, so a seed
-	// expected among the K closest would be asked one round trip later
+	// sure to be among the K closest would be asked one round trip later
 	// for nothing, and the peers it names heard of one round trip later
-	// too. Drivers pass the estimate without Near's margin: a margin
-	// catches result members the estimate misses, which the first
-	// answers reveal anyway. 0 (the default) turns it off.
+	// too. Drivers pass a fraction of Near's estimate (FirstNearFactor):
+	// a seed that may or may not make the result waits for the first
+	// answers, which tell. 0 (the default) turns it off.
 	FirstNear float64
 	// NearAlpha caps the requests in flight, near ones included. 0 means
 	// max(Alpha, K); at least Alpha.
