@@ -22,10 +22,10 @@ const (
 	// FirstNearFactor scales the same estimate into the FirstNear distance:
 	// seeds within half the distance of the K-th closest are result
 	// members even when the estimate is off by half, so asking them
-	// before any answer wastes almost nothing. Measured on the TCP
-	// benchmark at 100 nodes: 0.5 asked 0.6 requests per lookup more than
-	// none and cut p50 and p95 by 15-30 ms, as much as 1.0, which asked
-	// 1.5-2.5 more.
+	// before any answer wastes almost nothing. On the TCP benchmark at
+	// 100 nodes 0.5 asked 0.7-1.0 more requests per lookup than none and
+	// cut p50 by 7-16 ms and p95 by 16-28 ms, about as much as 1.0,
+	// which asked 1.2-2.8 more (single runs under varying load).
 	FirstNearFactor = 0.5
 )
 

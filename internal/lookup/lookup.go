@@ -219,7 +219,8 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		// converging: only the closest few candidates are worth asking,
 		// since any answer may bring closer peers that make farther ones
 		// useless. Once they have answered, the rest of the K closest are
-		// asked so that every result has answered (no dead peer in it).
+		// asked so that every result has answered (no dead peer in it),
+		// or been vouched for (Config.Vouchers).
 		eligible, budget := len(window), p.budget
 		if !l.converged(p) {
 			budget = p.converge
