@@ -9,6 +9,8 @@ import (
 
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/lookup"
 )
 
 func TestConvergeConcurrencyOption(t *testing.T) {
@@ -45,11 +47,16 @@ func TestConvergeConcurrencyOption(t *testing.T) {
 func TestLookupNear(t *testing.T) {
 	tn := newTestNet(t, 30, 402, RandomWalk(false))
 	d := tn.nodes[3]
-	near := d.q.near(20, false)
-	require.Greater(t, near, 0.0)
+	near, first := d.q.near(20, false)
+	require.Greater(t, first, 0.0)
 	require.False(t, math.IsInf(near, 1), "29 peers known: an estimate, not everything")
-	require.Zero(t, d.q.near(20, true), "a lookup that may stop early")
+	require.InDelta(t, lookup.NearFactor/lookup.FirstNearFactor*first, near, 1e-12, "before the first answer: a fraction of the estimate")
+	near, first = d.q.near(20, true)
+	require.Zero(t, near, "a lookup that may stop early")
+	require.Zero(t, first)
 
 	narrow := newTestNet(t, 2, 403, RandomWalk(false), ConvergeConcurrency(3)).nodes[0]
-	require.Zero(t, narrow.q.near(20, false))
+	near, first = narrow.q.near(20, false)
+	require.Zero(t, near)
+	require.Zero(t, first)
 }

@@ -240,6 +240,28 @@ func (e *peerEntries) encode(p peer.ID, addrs []ma.Multiaddr) pb.Peer {
 	return out
 }
 
+// connectedPeers returns the ids of the entries among the first limit
+// decodable ones (as decodePeers counts them) that the sender marked
+// CONNECTED, never ourselves.
+func connectedPeers(in []pb.Peer, self peer.ID, limit int) []peer.ID {
+	var out []peer.ID
+	n := 0
+	for _, e := range in {
+		if n == limit {
+			break
+		}
+		id, err := peer.IDFromBytes(e.ID)
+		if err != nil || id == self {
+			continue
+		}
+		n++
+		if e.Connection == pb.Connected {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // decodePeers turns wire entries into AddrInfos, dropping entries with a
 // garbage id and addresses that do not parse, and never returning
 // ourselves. At most limit entries are kept.

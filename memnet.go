@@ -48,6 +48,11 @@ type memNetwork struct {
 	// failDelay is how long a request to a peer that is stopped, unknown
 	// or not serving takes to fail; the latency bound unless set.
 	failDelay time.Duration
+	// dialDelay is how long opening a new connection takes before the
+	// first message leaves: a real transport's handshake (three round
+	// trips for TCP with Noise). The node is not connected meanwhile. 0
+	// unless set; a dial that fails waits it too.
+	dialDelay time.Duration
 
 	mu             sync.Mutex
 	latMin, latMax time.Duration // setLatency
@@ -562,6 +567,11 @@ func (m *memMessenger) connAddrs(p peer.ID) []ma.Multiaddr {
 // dial reaches p, or fails after the network's fail delay. A new
 // connection runs identify first.
 func (m *memMessenger) dial(ctx context.Context, p peer.ID) (*memNode, error) {
+	if d := m.net.dialDelay; d > 0 && !m.connected(p) {
+		if err := memSleep(ctx, d); err != nil {
+			return nil, fmt.Errorf("open stream to %s: %w", p, err)
+		}
+	}
 	target, newConn, err := m.net.open(m.node, p)
 	if newConn {
 		m.net.identify(m.node, target)

@@ -385,14 +385,14 @@ func (w *provideWalk) walk(ctx context.Context, keys []provKey) {
 			tries = provideManyTries // too deep to aim at: place as known
 			continue
 		}
-		res, err := s.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+		res, err := s.q.run(ctx, target.pos, func(ctx context.Context, p peer.ID) (queryAnswer, error) {
 			closer, err := s.q.findNode(ctx, p, target.mh)
 			if err != nil {
 				w.known.remove(p)
-				return nil, false, err
+				return queryAnswer{}, err
 			}
 			w.known.addInfos(closer, s.filter.queryable)
-			return closer, false, nil
+			return queryAnswer{closer: closer}, nil
 		})
 		w.mu.Lock()
 		w.rep.Lookups++

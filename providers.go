@@ -377,10 +377,10 @@ func (s *providerSide) find(ctx context.Context, key []byte, count int, emit fun
 		}
 	}
 
-	_, err = s.q.runOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	_, err = s.q.runOpts(ctx, kbucket.KeyForBytes(key), func(ctx context.Context, p peer.ID) (queryAnswer, error) {
 		resp, err := s.q.request(ctx, p, &pb.Message{Type: pb.GetProviders, Key: key})
 		if err != nil {
-			return nil, false, err
+			return queryAnswer{}, err
 		}
 		closer := decodePeers(resp.CloserPeers, s.self, maxCloserPeersFactor*s.k)
 		s.q.learnAddrs(closer)
@@ -391,10 +391,10 @@ func (s *providerSide) find(ctx context.Context, key []byte, count int, emit fun
 				ai.Addrs = s.selfAddrs()
 			}
 			if !offer(ctx, ai) {
-				return closer, true, nil
+				return queryAnswer{closer: closer, stop: true}, nil
 			}
 		}
-		return closer, false, nil
+		return queryAnswer{closer: closer}, nil
 	}, lookupOpts{stopsEarly: count > 0})
 	return err
 }

@@ -152,9 +152,9 @@ func (r *provideRun) run(key []byte) {
 			r.send(p)
 		}
 	}
-	res, err := s.q.runOpts(r.ctx, r.target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	res, err := s.q.runOpts(r.ctx, r.target, func(ctx context.Context, p peer.ID) (queryAnswer, error) {
 		closer, err := s.q.findNode(ctx, p, key)
-		return closer, false, err
+		return queryAnswer{closer: closer}, err
 	}, lookupOpts{hook: r.onProgress})
 	if res != nil && r.ctx.Err() == nil {
 		for _, p := range res.closest {

@@ -41,11 +41,16 @@ type querier struct {
 // closestPeers runs a FIND_NODE lookup for key and returns the k closest
 // peers that answered, closest first.
 func (q *querier) closestPeers(ctx context.Context, key []byte) ([]peer.ID, error) {
+	return q.closestPeersOpts(ctx, key, lookupOpts{})
+}
+
+// closestPeersOpts is closestPeers with options.
+func (q *querier) closestPeersOpts(ctx context.Context, key []byte, o lookupOpts) ([]peer.ID, error) {
 	target := kbucket.KeyForBytes(key)
-	res, err := q.run(ctx, target, func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
-		closer, err := q.findNode(ctx, p, key)
-		return closer, false, err
-	})
+	res, err := q.runOpts(ctx, target, func(ctx context.Context, p peer.ID) (queryAnswer, error) {
+		closer, connected, err := q.findNodeConnected(ctx, p, key)
+		return queryAnswer{closer: closer, connected: connected}, err
+	}, o)
 	if err != nil {
 		return nil, err
 	}
@@ -53,10 +58,17 @@ func (q *querier) closestPeers(ctx context.Context, key []byte) ([]peer.ID, erro
 	return res.closest, nil
 }
 
-// queryFunc is what a lookup asks each peer. It returns the closer peers
-// the peer gave, and stop=true to end the lookup early (found what it was
-// looking for).
-type queryFunc func(ctx context.Context, p peer.ID) (closer []peer.AddrInfo, stop bool, err error)
+// queryFunc is what a lookup asks each peer.
+type queryFunc func(ctx context.Context, p peer.ID) (queryAnswer, error)
+
+// queryAnswer is what one peer told a lookup.
+type queryAnswer struct {
+	closer []peer.AddrInfo // the closer peers it gave
+	// connected are those of closer it reported a live connection to,
+	// for lookupOpts.vouch; nil when not read.
+	connected []peer.ID
+	stop      bool // end the lookup: found what it was looking for
+}
 
 // lookupResult is what a lookup found.
 type lookupResult struct {
@@ -66,10 +78,9 @@ type lookupResult struct {
 }
 
 type queryReply struct {
-	p      peer.ID
-	closer []peer.AddrInfo
-	stop   bool
-	err    error
+	p   peer.ID
+	ans queryAnswer
+	err error
 }
 
 // run drives an internal/lookup state machine for target: it turns the
@@ -88,7 +99,18 @@ type lookupOpts struct {
 	// a GetValue quorum, a FindProviders count): requests sent ahead to
 	// peers near the target (lookup.Config.Near) would then be wasted.
 	stopsEarly bool
+	// vouch lets the lookup end without the answers of peers it had to
+	// dial, once vouchers peers that answered reported a connection to
+	// them (lookup.Config.Vouchers): for lookups whose answers carry
+	// nothing but closer peers, whose result is all the caller wants.
+	vouch bool
 }
+
+// vouchers is how many answering peers must report a connection to an
+// unconnected candidate before a vouching lookup stops waiting for it
+// (lookupOpts.vouch). Two, so that one peer alone cannot slip an id that
+// answers nothing into a result.
+const vouchers = 2
 
 // lookupHook is shown the lookup after each answer or failure, on the
 // driver goroutine, so a caller can act before the lookup ends (optimistic
@@ -111,10 +133,14 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 	if len(seeds) == 0 {
 		return nil, ErrNoPeers
 	}
-	l := lookup.New(target, q.self, seeds, lookup.Config{
+	cfg := lookup.Config{
 		K: k, Alpha: q.cfg.concurrency, ConvergeAlpha: q.cfg.convergeAlpha, Beta: q.cfg.resiliency, Disjoint: q.cfg.disjointPaths,
-		Near: q.near(k, o.stopsEarly),
-	})
+	}
+	cfg.Near, cfg.FirstNear = q.near(k, o.stopsEarly)
+	if o.vouch {
+		cfg.Vouchers, cfg.Reachable = vouchers, q.msgr.connected
+	}
+	l := lookup.New(target, q.self, seeds, cfg)
 	q.tel.stats.lookups.Add(1)
 	start := time.Now()
 	// Near requests can take the requests in flight up to max(alpha, k).
@@ -135,9 +161,9 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 		}
 		for _, p := range send {
 			if !q.own.spawn(func() {
-				closer, stop, err := fn(ctx, p)
+				ans, err := fn(ctx, p)
 				select {
-				case replies <- queryReply{p: p, closer: closer, stop: stop, err: err}:
+				case replies <- queryReply{p: p, ans: ans, err: err}:
 				case <-ctx.Done():
 				}
 			}) {
@@ -167,11 +193,11 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 				continue
 			}
 			q.onAnswer(r.p)
-			l.OnSuccess(r.p, q.filter.candidates(r.closer))
+			l.OnAnswer(r.p, q.filter.candidates(r.ans.closer), r.ans.connected)
 			if hook != nil {
 				hook(l)
 			}
-			if r.stop {
+			if r.ans.stop {
 				res.stopped = true
 				res.closest = l.Result()
 				return res, nil
@@ -182,16 +208,17 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 	return res, nil
 }
 
-// near is the Near distance of a lookup (lookup.Config.Near): the
-// estimated distance from a key to its k-th closest peer, from our own
-// closest peers, with lookup.NearFactor's margin. 0 (off) for a lookup
-// that may stop early, and with ConvergeConcurrency set, whose point is to
-// send fewer requests.
-func (q *querier) near(k int, stopsEarly bool) float64 {
+// near returns the Near and FirstNear distances of a lookup
+// (lookup.Config): the estimated distance from a key to its k-th closest
+// peer, from our own closest peers, scaled by lookup.NearFactor and
+// lookup.FirstNearFactor. 0 (off) for a lookup that may stop early, and
+// with ConvergeConcurrency set, whose point is to send fewer requests.
+func (q *querier) near(k int, stopsEarly bool) (near, first float64) {
 	if stopsEarly || q.cfg.convergeAlpha != 0 {
-		return 0
+		return 0, 0
 	}
-	return lookup.NearFactor * q.kthDistance(k)
+	kth := q.kthDistance(k)
+	return lookup.NearFactor * kth, lookup.FirstNearFactor * kth
 }
 
 // kthDistance estimates the distance from any key to its k-th closest
@@ -229,11 +256,18 @@ func (q *querier) request(ctx context.Context, p peer.ID, req *pb.Message) (resp
 
 // findNode asks p for the peers closest to key.
 func (q *querier) findNode(ctx context.Context, p peer.ID, key []byte) ([]peer.AddrInfo, error) {
+	closer, _, err := q.findNodeConnected(ctx, p, key)
+	return closer, err
+}
+
+// findNodeConnected is findNode that also returns those of the closer
+// peers p said it is connected to.
+func (q *querier) findNodeConnected(ctx context.Context, p peer.ID, key []byte) (closer []peer.AddrInfo, connected []peer.ID, err error) {
 	resp, err := q.request(ctx, p, &pb.Message{Type: pb.FindNode, Key: key})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	closer := decodePeers(resp.CloserPeers, q.self, maxCloserPeersFactor*q.k)
+	closer = decodePeers(resp.CloserPeers, q.self, maxCloserPeersFactor*q.k)
 	q.learnAddrs(closer)
-	return closer, nil
+	return closer, connectedPeers(resp.CloserPeers, q.self, len(closer)), nil
 }

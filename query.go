@@ -46,15 +46,18 @@ func (d *DHT) Stats() Stats {
 }
 
 // GetClosestPeers returns the k peers closest to key (by sha2-256 of the
-// key bytes) that answered, closest first. For a peer's own position use
-// string(peerID) as the key.
+// key bytes) that answered, closest first. A peer the node had no
+// connection to counts as answered once two peers that answered reported
+// a live connection to it: the lookup then does not wait for a handshake
+// (three round trips over TCP) only to hear that the peer is alive. For
+// a peer's own position use string(peerID) as the key.
 func (d *DHT) GetClosestPeers(ctx context.Context, key string) (_ []peer.ID, err error) {
 	ctx, span := d.tel.startSpan(ctx, "GetClosestPeers")
 	defer func() { endSpan(span, err) }()
 	if key == "" {
 		return nil, fmt.Errorf("kad: get closest peers: empty key")
 	}
-	closest, err := d.q.closestPeers(ctx, []byte(key))
+	closest, err := d.q.closestPeersOpts(ctx, []byte(key), lookupOpts{vouch: true})
 	if err != nil {
 		return nil, fmt.Errorf("kad: get closest peers: %w", err)
 	}
@@ -82,20 +85,20 @@ func (d *DHT) FindPeer(ctx context.Context, id peer.ID) (_ peer.AddrInfo, err er
 	}
 	var found peer.AddrInfo
 	kb := []byte(id)
-	res, err := d.q.runOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	res, err := d.q.runOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) (queryAnswer, error) {
 		closer, err := d.q.findNode(ctx, p, kb)
 		if err != nil {
-			return nil, false, err
+			return queryAnswer{}, err
 		}
 		if p == id {
-			return closer, true, nil
+			return queryAnswer{closer: closer, stop: true}, nil
 		}
 		for _, ai := range closer {
 			if ai.ID == id && len(ai.Addrs) > 0 {
-				return closer, true, nil
+				return queryAnswer{closer: closer, stop: true}, nil
 			}
 		}
-		return closer, false, nil
+		return queryAnswer{closer: closer}, nil
 	}, lookupOpts{stopsEarly: true})
 	if err != nil {
 		return peer.AddrInfo{}, fmt.Errorf("kad: find peer %s: %w", id, err)

@@ -407,14 +407,14 @@ func (v *values) searchValue(ctx context.Context, key string, o *routing.Options
 		return nil, nil
 	}
 	kb := []byte(key)
-	res, lerr := v.q.runOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) ([]peer.AddrInfo, bool, error) {
+	res, lerr := v.q.runOpts(ctx, kbucket.KeyForBytes(kb), func(ctx context.Context, p peer.ID) (queryAnswer, error) {
 		resp, err := v.q.request(ctx, p, &pb.Message{Type: pb.GetValue, Key: kb})
 		if err != nil {
-			return nil, false, err
+			return queryAnswer{}, err
 		}
 		closer := decodePeers(resp.CloserPeers, v.self, maxCloserPeersFactor*v.k)
 		v.q.learnAddrs(closer)
-		return closer, s.offer(ctx, p, v.received(p, key, resp.Record)), nil
+		return queryAnswer{closer: closer, stop: s.offer(ctx, p, v.received(p, key, resp.Record))}, nil
 	}, lookupOpts{stopsEarly: s.quorum > 0})
 	s.mu.Lock()
 	s.ended = true

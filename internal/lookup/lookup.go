@@ -79,6 +79,9 @@ type Stats struct {
 	Hops int
 	// Known is how many distinct peers (self excluded) the lookup heard of.
 	Known int
+	// Vouched counts the peers in Result that had not answered: asked
+	// over a new connection and vouched for by Config.Vouchers answers.
+	Vouched int
 }
 
 // entry is the lookup's record of one peer. The key is hashed once here so
@@ -89,6 +92,12 @@ type entry struct {
 	state PeerState
 	hop   int // length of the referral chain that led to this peer
 	path  int // index of the disjoint path that owns this peer
+	// dialing: asked while unreachable without a new connection
+	// (Config.Reachable); vouches: answers on its path that reported a
+	// connection to it.
+	dialing     bool
+	vouches     int
+	lastVoucher peer.ID
 }
 
 // path is one independent lookup over the peers it owns. With a single path
@@ -210,9 +219,10 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		// converging: only the closest few candidates are worth asking,
 		// since any answer may bring closer peers that make farther ones
 		// useless. Once they have answered, the rest of the K closest are
-		// asked so that every result has answered (no dead peer in it).
+		// asked so that every result has answered (no dead peer in it),
+		// or been vouched for (Config.Vouchers).
 		eligible, budget := len(window), p.budget
-		if !p.converged(l.cfg.Beta) {
+		if !l.converged(p) {
 			budget = p.converge
 			if !p.answered {
 				budget = p.first
@@ -222,11 +232,12 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 		for i, e := range window {
 			if e.state == Heard && (i < eligible && p.inFlight < budget || l.near(p, e)) {
 				e.state = Waiting
+				e.dialing = l.cfg.Vouchers > 0 && l.cfg.Reachable != nil && !l.cfg.Reachable(e.id)
 				p.inFlight++
 				l.stats.Requests++
 				send = append(send, e.id)
 			}
-			if e.state != Succeeded {
+			if !l.live(e) {
 				settled = false
 			}
 		}
@@ -244,23 +255,39 @@ func (l *Lookup) Next() (send []peer.ID, done bool) {
 }
 
 // near reports whether e may be asked now, outside the normal budget, as
-// a probable member of the result (Config.Near): only once the path has an
-// answer, and within the path's NearAlpha share.
+// a probable member of the result: within Config.Near once the path has an
+// answer, within Config.FirstNear before, and within the path's NearAlpha
+// share.
 func (l *Lookup) near(p *path, e *entry) bool {
-	return l.cfg.Near > 0 && p.answered && p.inFlight < p.near &&
-		kbucket.Fraction(e.key.Xor(p.cands.target)) <= l.cfg.Near
+	limit := l.cfg.Near
+	if !p.answered {
+		limit = l.cfg.FirstNear
+	}
+	return limit > 0 && p.inFlight < p.near && kbucket.Fraction(e.key.Xor(p.cands.target)) <= limit
 }
 
 // converged reports whether the beta closest non-failed candidates of the
-// path have all answered.
-func (p *path) converged(beta int) bool {
-	n := min(beta, len(p.cands.items))
+// path have all answered (or been vouched for).
+func (l *Lookup) converged(p *path) bool {
+	n := min(l.cfg.Beta, len(p.cands.items))
 	for _, e := range p.cands.items[:n] {
-		if e.state != Succeeded {
+		if !l.live(e) {
 			return false
 		}
 	}
 	return true
+}
+
+// live reports whether e counts as answered: it did, or it is being asked
+// over a new connection and enough answers vouched for it
+// (Config.Vouchers).
+func (l *Lookup) live(e *entry) bool {
+	return e.state == Succeeded || l.vouched(e)
+}
+
+// vouched reports whether e counts as answered only on the word of others.
+func (l *Lookup) vouched(e *entry) bool {
+	return e.state == Waiting && e.dialing && l.cfg.Vouchers > 0 && e.vouches >= l.cfg.Vouchers
 }
 
 // waiting returns the entry for an answer the lookup is expecting, or nil
@@ -282,6 +309,14 @@ func (l *Lookup) waiting(from peer.ID) *entry {
 // from a peer that was not asked, or one arriving after the lookup finished.
 // New peers join from's path, which is what keeps disjoint paths disjoint.
 func (l *Lookup) OnSuccess(from peer.ID, closer []peer.ID) {
+	l.OnAnswer(from, closer, nil)
+}
+
+// OnAnswer is OnSuccess for an answer that also says which peers from is
+// connected to (the wire's CONNECTED), each of which then has from's vouch
+// (Config.Vouchers) if it is a candidate of from's path. An answer counts
+// once, so the vouches a peer collects come from distinct peers.
+func (l *Lookup) OnAnswer(from peer.ID, closer, connected []peer.ID) {
 	e := l.waiting(from)
 	if e == nil {
 		return
@@ -294,6 +329,13 @@ func (l *Lookup) OnSuccess(from peer.ID, closer []peer.ID) {
 		if n := l.learn(p, e.hop+1); n != nil {
 			n.path = e.path
 			l.add(n)
+		}
+	}
+	for _, c := range connected {
+		// lastVoucher drops a peer listed twice in one answer.
+		if v := l.peers[c]; v != nil && v.path == e.path && v.lastVoucher != from {
+			v.lastVoucher = from
+			v.vouches++
 		}
 	}
 }
@@ -316,7 +358,8 @@ func (l *Lookup) OnFailure(from peer.ID) {
 	l.stats.Failed++
 }
 
-// Result returns the K closest peers that answered, closest first. Called
+// Result returns the K closest peers that answered (or were vouched for,
+// Config.Vouchers), closest first. Called
 // before the lookup is done it gives the best answer so far.
 func (l *Lookup) Result() []peer.ID {
 	out := make([]peer.ID, 0, l.cfg.K)
@@ -331,7 +374,7 @@ func (l *Lookup) eachResult(f func(*entry)) {
 		if n == l.cfg.K {
 			return
 		}
-		if e.state == Succeeded {
+		if l.live(e) {
 			f(e)
 			n++
 		}
@@ -354,7 +397,12 @@ func (l *Lookup) Closest(n int) []peer.ID {
 // reported done.
 func (l *Lookup) Stats() Stats {
 	s := l.stats
-	l.eachResult(func(e *entry) { s.Hops = max(s.Hops, e.hop) })
+	l.eachResult(func(e *entry) {
+		s.Hops = max(s.Hops, e.hop)
+		if e.state != Succeeded {
+			s.Vouched++
+		}
+	})
 	return s
 }
 

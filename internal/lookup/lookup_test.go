@@ -68,6 +68,10 @@ func TestConfigValidate(t *testing.T) {
 		{"Near", Config{Near: 0.01}, true},
 		{"negative Near", Config{Near: -1}, false},
 		{"NearAlpha below Alpha", Config{Alpha: 10, NearAlpha: 5}, false},
+		{"FirstNear", Config{Near: 0.015, FirstNear: 0.01}, true},
+		{"negative FirstNear", Config{FirstNear: -1}, false},
+		{"Vouchers", Config{Vouchers: 2}, true},
+		{"negative Vouchers", Config{Vouchers: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -537,4 +541,125 @@ func TestNearCandidatesAskedAtOnce(t *testing.T) {
 	send, _ = l.Next()
 	require.Len(t, send, 7, "up to Alpha in flight")
 	require.Equal(t, f.p[:7], send)
+}
+
+// A candidate the driver must dial (Reachable false) counts as answered
+// once Vouchers distinct answering peers reported a connection to it, so
+// the lookup ends without waiting for the handshake; nothing else
+// changes which peers must answer.
+func TestVouchers(t *testing.T) {
+	f := newFixture(12, 4)
+	p0, p1, p2, p3 := f.p[0], f.p[1], f.p[2], f.p[3]
+	none := []peer.ID(nil)
+	tests := []struct {
+		name      string
+		vouchers  int
+		reachable bool // whether p0, the closest, is reachable
+		// what p1, p2 and p3 report connected, answering with p0
+		conn [3][]peer.ID
+		// p0Fails: its request fails before the others answer
+		p0Fails  bool
+		done     bool
+		result   []peer.ID
+		vouched  int
+		inFlight int
+	}{
+		{name: "two vouches end the wait", vouchers: 2, conn: [3][]peer.ID{{p0}, {p0}, none},
+			done: true, result: []peer.ID{p0, p1, p2}, vouched: 1, inFlight: 1},
+		{name: "one vouch is not enough", vouchers: 2, conn: [3][]peer.ID{{p0}, none, none},
+			inFlight: 1},
+		{name: "a repeated entry vouches once", vouchers: 2, conn: [3][]peer.ID{{p0, p0}, none, none},
+			inFlight: 1},
+		{name: "a reachable peer must answer", vouchers: 2, reachable: true, conn: [3][]peer.ID{{p0}, {p0}, {p0}},
+			inFlight: 1},
+		{name: "off by default", conn: [3][]peer.ID{{p0}, {p0}, {p0}},
+			inFlight: 1},
+		{name: "a failure overrides the vouches", vouchers: 2, conn: [3][]peer.ID{{p0}, {p0}, none}, p0Fails: true,
+			done: true, result: []peer.ID{p1, p2, p3}},
+		{name: "one voucher is enough when so set", vouchers: 1, conn: [3][]peer.ID{{p0}, none, none},
+			done: true, result: []peer.ID{p0, p1, p2}, vouched: 1, inFlight: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := New(f.target, f.self, scrambled(p1, p2, p3), Config{K: 3, Alpha: 10, Vouchers: tt.vouchers,
+				Reachable: func(p peer.ID) bool { return tt.reachable || p != p0 }})
+			send, _ := l.Next()
+			require.ElementsMatch(t, []peer.ID{p1, p2, p3}, send)
+			l.OnAnswer(p1, []peer.ID{p0}, tt.conn[0])
+			send, done := l.Next()
+			require.Equal(t, []peer.ID{p0}, send, "p0 is asked as soon as it is heard of")
+			require.False(t, done)
+			if tt.p0Fails {
+				l.OnFailure(p0)
+			}
+			l.OnAnswer(p2, []peer.ID{p0}, tt.conn[1])
+			l.OnAnswer(p3, []peer.ID{p0}, tt.conn[2])
+			send, done = l.Next()
+			require.Empty(t, send)
+			require.Equal(t, tt.done, done)
+			require.Equal(t, tt.inFlight, l.InFlight())
+			if !done {
+				// Without enough vouches the lookup ends only on p0's answer.
+				l.OnSuccess(p0, nil)
+				_, done = l.Next()
+				require.True(t, done)
+				require.Equal(t, []peer.ID{p0, p1, p2}, l.Result())
+				require.Zero(t, l.Stats().Vouched)
+				return
+			}
+			require.Equal(t, tt.result, l.Result())
+			require.Equal(t, tt.vouched, l.Stats().Vouched)
+			l.OnSuccess(p0, nil)
+			require.Equal(t, tt.result, l.Result(), "a late answer changes nothing")
+		})
+	}
+}
+
+// Vouches count only from answers on the candidate's own disjoint path, so
+// a path cannot be steered by what another path heard.
+func TestVouchersStayOnTheirPath(t *testing.T) {
+	f := newFixture(13, 6)
+	// Two paths: seeds p1, p3, p5 go to path 0 and p2, p4 to path 1 after
+	// sorting (p1, p2, p3, p4, p5 dealt in turn).
+	l := New(f.target, f.self, scrambled(f.p[1:]...), Config{K: 2, Alpha: 4, Disjoint: 2, Vouchers: 1,
+		Reachable: func(p peer.ID) bool { return p != f.p[0] }})
+	send, _ := l.Next()
+	require.ElementsMatch(t, f.p[1:5], send)
+	l.OnAnswer(f.p[1], []peer.ID{f.p[0]}, nil) // p0 joins path 0, no vouch
+	send, _ = l.Next()
+	require.Equal(t, []peer.ID{f.p[0]}, send)
+	l.OnAnswer(f.p[2], []peer.ID{f.p[0]}, []peer.ID{f.p[0]}) // path 1 vouches: ignored
+	l.OnAnswer(f.p[3], nil, nil)
+	l.OnAnswer(f.p[4], nil, nil)
+	_, done := l.Next()
+	require.False(t, done, "path 0 still waits for p0")
+	require.Equal(t, Waiting, l.State(f.p[0]))
+}
+
+// Before the first answer, seeds within FirstNear are asked at once beside
+// the FirstAlpha closest (up to NearAlpha in flight); after it, Near
+// applies as before.
+func TestFirstNear(t *testing.T) {
+	f := newFixture(14, 30)
+	dist := func(i int) float64 { return kbucket.Fraction(kbucket.PeerKey(f.p[i]).Xor(f.target)) }
+	tests := []struct {
+		name      string
+		firstNear float64
+		nearAlpha int
+		want      []peer.ID // asked before any answer
+	}{
+		{name: "off", want: f.p[:DefaultFirstAlpha]},
+		{name: "within the distance of the 12th", firstNear: dist(11), want: f.p[:12]},
+		{name: "nearer than the FirstAlpha closest", firstNear: dist(1), want: f.p[:DefaultFirstAlpha]},
+		{name: "capped by NearAlpha", firstNear: dist(29), nearAlpha: 15, want: f.p[:15]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := New(f.target, f.self, scrambled(f.p...), Config{K: 20, Alpha: 10, Near: 2 * tt.firstNear,
+				FirstNear: tt.firstNear, NearAlpha: tt.nearAlpha})
+			send, done := l.Next()
+			require.False(t, done)
+			require.Equal(t, tt.want, send)
+		})
+	}
 }

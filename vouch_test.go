@@ -1,0 +1,102 @@
+package kad
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/kbucket"
+)
+
+// On a network where a new connection costs three round trips, a
+// GetClosestPeers whose result holds peers the origin is not connected to
+// ends without waiting for their handshakes once two answering peers
+// report a connection to them, and still finds every one of the true 20
+// closest; a lookup that does not take vouches (a bootstrap's
+// closestPeers) waits for every handshake.
+func TestGetClosestPeersTakesVouchesForUnconnectedPeers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rtt = 40 * time.Millisecond
+		mn := newMemNetwork(41, rtt/2, rtt/2)
+		nodes := memNodes(t, mn, 40, RandomWalk(false))
+		memJoin(t, nodes)
+		settle()
+		mn.dialDelay = 3 * rtt
+		ids := make([]peer.ID, len(nodes))
+		for i, d := range nodes {
+			ids[i] = d.self
+		}
+		ctx := context.Background()
+		vouchedLookups := 0
+		for i := range 40 {
+			d := nodes[i]
+			key := fmt.Sprintf("vouch-%d", i)
+			truth := trueClosest(kbucket.KeyForBytes([]byte(key)), ids, d.self, 20)
+			unconnected := 0
+			for _, p := range truth {
+				if !d.msgr.connected(p) {
+					unconnected++
+				}
+			}
+			start := time.Now()
+			got, err := d.GetClosestPeers(ctx, key)
+			took := time.Since(start)
+			require.NoError(t, err)
+			require.Equal(t, 1.0, recall(got, truth), key)
+			if unconnected == 0 {
+				continue
+			}
+			// An answer over a new connection takes the handshake and a
+			// round trip: ending sooner means it was not waited for.
+			if took < mn.dialDelay+rtt {
+				vouchedLookups++
+				notAnswered := 0
+				for _, p := range got {
+					if !d.msgr.connected(p) {
+						notAnswered++
+					}
+				}
+				require.Positive(t, notAnswered, "%s: returned before any handshake ended", key)
+			}
+			// The same lookup without vouches waits for the handshakes
+			// still needed (the dials above were abandoned).
+			start = time.Now()
+			res, err := d.q.closestPeers(ctx, []byte(key))
+			require.NoError(t, err)
+			require.Equal(t, 1.0, recall(res, truth), key)
+			require.GreaterOrEqual(t, time.Since(start), mn.dialDelay+rtt, key)
+		}
+		require.Positive(t, vouchedLookups, "no lookup ended on vouches")
+	})
+}
+
+// Vouches never bring back a stopped peer: its connections are gone, so
+// nobody reports one, and a lookup from a node that never connected to it
+// has to ask it, which fails.
+func TestVouchesSkipStoppedPeers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNetwork(42, 20*time.Millisecond, 20*time.Millisecond)
+		nodes := memNodes(t, mn, 30, RandomWalk(false))
+		memJoin(t, nodes)
+		settle()
+		mn.dialDelay = 120 * time.Millisecond
+		dead := map[peer.ID]bool{}
+		for _, d := range nodes[20:] {
+			dead[d.self] = true
+			require.NoError(t, mn.stop(d))
+		}
+		ctx := context.Background()
+		for i, d := range nodes[:20] {
+			got, err := d.GetClosestPeers(ctx, fmt.Sprintf("stopped-%d", i))
+			require.NoError(t, err)
+			for _, p := range got {
+				require.False(t, dead[p], "lookup %d returned stopped peer %s", i, p)
+			}
+		}
+	})
+}
