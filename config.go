@@ -67,6 +67,7 @@ type lookupConfig struct {
 	convergeAlpha int // 0: concurrency
 	resiliency    int
 	disjointPaths int
+	vouchers      int // GetClosestPeers only; 0: off
 	timeout       time.Duration
 }
 
@@ -162,6 +163,7 @@ func defaults() config {
 			concurrency:   10,
 			resiliency:    3,
 			disjointPaths: 1,
+			vouchers:      2,
 			timeout:       time.Minute,
 		},
 		values: valuesConfig{
@@ -280,6 +282,9 @@ func (c *config) validate() error {
 	}
 	if l.timeout <= 0 {
 		bad("lookup timeout %v <= 0", l.timeout)
+	}
+	if l.vouchers < 0 {
+		bad("vouchers %d < 0", l.vouchers)
 	}
 
 	// Values.

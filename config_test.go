@@ -29,6 +29,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative converge", []Option{ConvergeConcurrency(-1)}, false},
 		{"disjoint over concurrency", []Option{Concurrency(2), DisjointPaths(3)}, false},
 		{"zero lookup timeout", []Option{LookupTimeout(0)}, false},
+		{"vouchers off", []Option{Vouchers(0)}, true},
+		{"negative vouchers", []Option{Vouchers(-1)}, false},
 		{"bad prefix", []Option{ProtocolPrefix("ipfs/")}, false},
 		{"unknown mode", []Option{Mode(ModeOpt(9))}, false},
 		{"bad bootstrap peer", []Option{BootstrapPeers(peer.AddrInfo{})}, false},

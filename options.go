@@ -173,6 +173,20 @@ func DisjointPaths(d int) Option {
 	return func(c *config) error { c.lookup.disjointPaths = d; return nil }
 }
 
+// Vouchers is how many answering peers must report a live connection to
+// a peer GetClosestPeers would have to dial before that peer counts as
+// answered: the lookup then ends without waiting for a handshake (three
+// round trips over TCP) only to hear that the peer is alive. A peer that
+// crashed loses its connections at once and gets no vouches, but one
+// whose machine vanished keeps them until its peers' keepalives fail (30
+// to 40 s with Yamux's defaults) and can be returned in that time. 0 makes
+// GetClosestPeers wait for every result member to answer, as every other
+// lookup does. Default 2, so that no single peer can slip an id that
+// answers nothing into a result.
+func Vouchers(n int) Option {
+	return func(c *config) error { c.lookup.vouchers = n; return nil }
+}
+
 // LookupTimeout bounds a whole lookup even when the caller's context has
 // no deadline, so a hostile network cannot hold one forever. Default 1 min.
 func LookupTimeout(d time.Duration) Option {

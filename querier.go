@@ -100,17 +100,11 @@ type lookupOpts struct {
 	// peers near the target (lookup.Config.Near) would then be wasted.
 	stopsEarly bool
 	// vouch lets the lookup end without the answers of peers it had to
-	// dial, once vouchers peers that answered reported a connection to
-	// them (lookup.Config.Vouchers): for lookups whose answers carry
+	// dial, once the Vouchers option's number of peers that answered
+	// reported a connection to them (lookup.Config.Vouchers): for lookups whose answers carry
 	// nothing but closer peers, whose result is all the caller wants.
 	vouch bool
 }
-
-// vouchers is how many answering peers must report a connection to an
-// unconnected candidate before a vouching lookup stops waiting for it
-// (lookupOpts.vouch). Two, so that one peer alone cannot slip an id that
-// answers nothing into a result.
-const vouchers = 2
 
 // lookupHook is shown the lookup after each answer or failure, on the
 // driver goroutine, so a caller can act before the lookup ends (optimistic
@@ -137,8 +131,9 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 		K: k, Alpha: q.cfg.concurrency, ConvergeAlpha: q.cfg.convergeAlpha, Beta: q.cfg.resiliency, Disjoint: q.cfg.disjointPaths,
 	}
 	cfg.Near, cfg.FirstNear = q.near(k, o.stopsEarly)
-	if o.vouch {
-		cfg.Vouchers, cfg.Reachable = vouchers, q.msgr.connected
+	if o.vouch && q.cfg.vouchers > 0 {
+		// See the Vouchers option.
+		cfg.Vouchers, cfg.Reachable = q.cfg.vouchers, q.msgr.connected
 	}
 	l := lookup.New(target, q.self, seeds, cfg)
 	q.tel.stats.lookups.Add(1)

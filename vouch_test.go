@@ -100,3 +100,43 @@ func TestVouchesSkipStoppedPeers(t *testing.T) {
 		}
 	})
 }
+
+// Vouchers(0) turns vouching off: GetClosestPeers then waits for every
+// result member's answer, handshakes included.
+func TestVouchersOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rtt = 40 * time.Millisecond
+		mn := newMemNetwork(41, rtt/2, rtt/2)
+		nodes := memNodes(t, mn, 40, RandomWalk(false), Vouchers(0))
+		memJoin(t, nodes)
+		settle()
+		mn.dialDelay = 3 * rtt
+		ids := make([]peer.ID, len(nodes))
+		for i, d := range nodes {
+			ids[i] = d.self
+		}
+		dialled := 0
+		for i, d := range nodes {
+			key := fmt.Sprintf("vouch-%d", i)
+			truth := trueClosest(kbucket.KeyForBytes([]byte(key)), ids, d.self, 20)
+			unconnected := 0
+			for _, p := range truth {
+				if !d.msgr.connected(p) {
+					unconnected++
+				}
+			}
+			start := time.Now()
+			got, err := d.GetClosestPeers(context.Background(), key)
+			require.NoError(t, err)
+			require.Equal(t, 1.0, recall(got, truth), key)
+			for _, p := range got {
+				require.True(t, d.msgr.connected(p), "%s: %s returned without an answer", key, p)
+			}
+			if unconnected > 0 {
+				dialled++
+				require.GreaterOrEqual(t, time.Since(start), mn.dialDelay+rtt, key)
+			}
+		}
+		require.Positive(t, dialled, "no lookup needed a new connection")
+	})
+}
