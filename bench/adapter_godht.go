@@ -187,6 +187,7 @@ func (n *goNode) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) <
 }
 
 func (n *goNode) LookupRequests() int64 { return -1 }
+func (n *goNode) LookupsRun() int64     { return -1 }
 func (n *goNode) Close() error {
 	if n.sweep != nil {
 		_ = n.sweep.Close()

@@ -120,4 +120,5 @@ func (n *kadNode) FindProvidersAsync(ctx context.Context, c cid.Cid, count int) 
 }
 
 func (n *kadNode) LookupRequests() int64 { return n.d.Stats().LookupRequests }
+func (n *kadNode) LookupsRun() int64     { return n.d.Stats().Lookups }
 func (n *kadNode) Close() error          { return n.d.Close() }

@@ -35,6 +35,10 @@ type Node interface {
 	// lookups sent, or -1 if it keeps none (a cross-check of the neutral
 	// count of messages received).
 	LookupRequests() int64
+	// LookupsRun is the implementation's own count of lookups run, or -1
+	// if it keeps none: more than one per operation means lookups of its
+	// own (upkeep) ran during the phase and their requests are counted.
+	LookupsRun() int64
 	Close() error
 }
 

@@ -236,6 +236,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		st.NewConns = make([]int, count)
 	}
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
+	lookups0 := rn.tn.ownSum(Node.LookupsRun)
 	conns0, setup0 := rn.tn.connSetup()
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -269,6 +270,9 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	if own0 >= 0 {
 		// The implementation's own count of lookup requests, all nodes.
 		st.Extra["own_lookup_requests"] = float64(rn.tn.ownRequests()-own0) / float64(count)
+	}
+	if lookups0 >= 0 {
+		st.Extra["own_lookups"] = float64(rn.tn.ownSum(Node.LookupsRun)-lookups0) / float64(count)
 	}
 	st.CPUMS = ms(cpuTime()-cpu0) / float64(count)
 	if rn.tn.real != nil {
@@ -325,9 +329,15 @@ func percentile(xs []float64, p float64) float64 {
 // ownRequests sums the implementation's own lookup request counters over
 // every node, or -1 when it keeps none.
 func (tn *testNet) ownRequests() int64 {
+	return tn.ownSum(Node.LookupRequests)
+}
+
+// ownSum sums one of the implementation's own counters over every node,
+// or -1 when it keeps none.
+func (tn *testNet) ownSum(counter func(Node) int64) int64 {
 	var sum int64
 	for _, d := range tn.nodes {
-		v := d.LookupRequests()
+		v := counter(d)
 		if v < 0 {
 			return -1
 		}

@@ -132,6 +132,7 @@ func rows() []row {
 		{"… of which admission probes", extra(gcp, "probes"), "%.1f", nil},
 		{"… the rest: lookup requests", phaseVal(gcp, func(p *OpStats) float64 { return p.RPCs - p.Extra["probes"] }), "%.1f", ratioAtMost(0.7)},
 		{"GetClosestPeers lookup requests by the implementation's own count", extra(gcp, "own_lookup_requests"), "%.1f", nil},
+		{"GetClosestPeers lookups run per operation by the implementation's own count (above 1: its own upkeep ran too)", extra(gcp, "own_lookups"), "%.2f", nil},
 		{"GetClosestPeers hops", extra(gcp, "hops"), "%.2f", nil},
 		{"GetClosestPeers latency p50, ms", p50(gcp), "ms", ratioAtMost(0.7)},
 		{"GetClosestPeers latency p95, ms", p95(gcp), "ms", ratioAtMost(0.6)},
