@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -143,4 +144,36 @@ func trueClosest(target kbucket.ID, ids []peer.ID, self peer.ID, k int) []peer.I
 	others := slices.DeleteFunc(slices.Clone(ids), func(p peer.ID) bool { return p == self })
 	kbucket.SortByDistance(others, target)
 	return others[:min(k, len(others))]
+}
+
+// A discovery request made while the table was young is dropped when its
+// run comes if the table is full by then and a run has finished: a
+// joined node runs discovery once, not again a few seconds later in the
+// middle of its application's work (memnet, virtual time).
+func TestDiscoveryOnceWhenFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNetwork(9, 20*time.Millisecond, 20*time.Millisecond)
+		nodes := memNodes(t, mn, 40, RefreshInterval(time.Hour))
+		memJoin(t, nodes)
+		for range 30 {
+			settle()
+		}
+		for i, d := range nodes {
+			require.GreaterOrEqual(t, d.rt.Size(), 20, "node %d", i)
+			require.Equal(t, int64(1), d.keeper.discoverRuns.Load(), "node %d", i)
+		}
+		// Nothing more runs while the network is quiet.
+		before := int64(0)
+		for _, d := range nodes {
+			before += d.Stats().Lookups
+		}
+		for range 30 {
+			settle()
+		}
+		after := int64(0)
+		for _, d := range nodes {
+			after += d.Stats().Lookups
+		}
+		require.Equal(t, before, after)
+	})
 }

@@ -51,9 +51,14 @@ func (tk *keeper) maintain() {
 			discoverAt = time.After(wait)
 		case <-discoverAt:
 			discoverAt = nil
+			kicks = tk.discoverKick
+			if tk.rt.Size() >= tk.cfg.bucketSize && tk.discoverRuns.Load() > 0 {
+				// Asked for while the table was small or young: it is
+				// neither any more, so the run would only repeat the last.
+				continue
+			}
 			tk.discover()
 			lastRun = time.Now()
-			kicks = tk.discoverKick
 		case <-ticks:
 			tk.refreshAndSave(tk.own.ctx)
 		case <-low.C:
