@@ -155,8 +155,17 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 			break
 		}
 		for _, p := range send {
+			qctx := ctx
+			if cfg.Vouchers > 0 && !q.msgr.connected(p) {
+				// The lookup may end on vouches before this dial does: let
+				// the dial and the request finish anyway (the messenger's
+				// request timeout bounds them, Close stops them), so the
+				// handshake paid for leaves a connection for what the
+				// caller does next with the result.
+				qctx = q.own.ctx
+			}
 			if !q.own.spawn(func() {
-				ans, err := fn(ctx, p)
+				ans, err := fn(qctx, p)
 				select {
 				case replies <- queryReply{p: p, ans: ans, err: err}:
 				case <-ctx.Done():

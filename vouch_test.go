@@ -17,8 +17,7 @@ import (
 // GetClosestPeers whose result holds peers the origin is not connected to
 // ends without waiting for their handshakes once two answering peers
 // report a connection to them, and still finds every one of the true 20
-// closest; a lookup that does not take vouches (a bootstrap's
-// closestPeers) waits for every handshake.
+// closest; the dials it did not wait for finish in the background.
 func TestGetClosestPeersTakesVouchesForUnconnectedPeers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const rtt = 40 * time.Millisecond
@@ -63,13 +62,12 @@ func TestGetClosestPeersTakesVouchesForUnconnectedPeers(t *testing.T) {
 				}
 				require.Positive(t, notAnswered, "%s: returned before any handshake ended", key)
 			}
-			// The same lookup without vouches waits for the handshakes
-			// still needed (the dials above were abandoned).
-			start = time.Now()
-			res, err := d.q.closestPeers(ctx, []byte(key))
-			require.NoError(t, err)
-			require.Equal(t, 1.0, recall(res, truth), key)
-			require.GreaterOrEqual(t, time.Since(start), mn.dialDelay+rtt, key)
+			// The dials the lookup did not wait for finish on their own:
+			// the connections are there for what the caller does next.
+			settle()
+			for _, p := range truth {
+				require.True(t, d.msgr.connected(p), "%s: no connection to %s after the lookup", key, p)
+			}
 		}
 		require.Positive(t, vouchedLookups, "no lookup ended on vouches")
 	})
