@@ -13,6 +13,37 @@ import (
 	"github.com/kadlib/kad/internal/kbucket"
 )
 
+// vouchRTT is the round trip of vouchNet's links; a dial costs three.
+const vouchRTT = 40 * time.Millisecond
+
+// vouchNet is 40 joined server nodes on vouchRTT links, without upkeep,
+// where new connections then cost three round trips, and their ids.
+func vouchNet(t *testing.T, opts ...Option) (*memNetwork, []*DHT, []peer.ID) {
+	t.Helper()
+	mn := newMemNetwork(41, vouchRTT/2, vouchRTT/2)
+	nodes := memNodes(t, mn, 40, append([]Option{RandomWalk(false)}, opts...)...)
+	memJoin(t, nodes)
+	settle()
+	mn.dialDelay = 3 * vouchRTT
+	ids := make([]peer.ID, len(nodes))
+	for i, d := range nodes {
+		ids[i] = d.self
+	}
+	return mn, nodes, ids
+}
+
+// vouchTruth returns key's true 20 closest among ids (d excluded) and how
+// many of them d has no connection to.
+func vouchTruth(d *DHT, ids []peer.ID, key string) (truth []peer.ID, unconnected int) {
+	truth = trueClosest(kbucket.KeyForBytes([]byte(key)), ids, d.self, 20)
+	for _, p := range truth {
+		if !d.msgr.connected(p) {
+			unconnected++
+		}
+	}
+	return truth, unconnected
+}
+
 // On a network where a new connection costs three round trips, a
 // GetClosestPeers whose result holds peers the origin is not connected to
 // ends without waiting for their handshakes once two answering peers
@@ -20,28 +51,13 @@ import (
 // closest; the dials it did not wait for finish in the background.
 func TestGetClosestPeersTakesVouchesForUnconnectedPeers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const rtt = 40 * time.Millisecond
-		mn := newMemNetwork(41, rtt/2, rtt/2)
-		nodes := memNodes(t, mn, 40, RandomWalk(false))
-		memJoin(t, nodes)
-		settle()
-		mn.dialDelay = 3 * rtt
-		ids := make([]peer.ID, len(nodes))
-		for i, d := range nodes {
-			ids[i] = d.self
-		}
+		mn, nodes, ids := vouchNet(t)
 		ctx := context.Background()
 		vouchedLookups := 0
 		for i := range 40 {
 			d := nodes[i]
 			key := fmt.Sprintf("vouch-%d", i)
-			truth := trueClosest(kbucket.KeyForBytes([]byte(key)), ids, d.self, 20)
-			unconnected := 0
-			for _, p := range truth {
-				if !d.msgr.connected(p) {
-					unconnected++
-				}
-			}
+			truth, unconnected := vouchTruth(d, ids, key)
 			start := time.Now()
 			got, err := d.GetClosestPeers(ctx, key)
 			took := time.Since(start)
@@ -52,7 +68,7 @@ func TestGetClosestPeersTakesVouchesForUnconnectedPeers(t *testing.T) {
 			}
 			// An answer over a new connection takes the handshake and a
 			// round trip: ending sooner means it was not waited for.
-			if took < mn.dialDelay+rtt {
+			if took < mn.dialDelay+vouchRTT {
 				vouchedLookups++
 				notAnswered := 0
 				for _, p := range got {
@@ -103,26 +119,11 @@ func TestVouchesSkipStoppedPeers(t *testing.T) {
 // result member's answer, handshakes included.
 func TestVouchersOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const rtt = 40 * time.Millisecond
-		mn := newMemNetwork(41, rtt/2, rtt/2)
-		nodes := memNodes(t, mn, 40, RandomWalk(false), Vouchers(0))
-		memJoin(t, nodes)
-		settle()
-		mn.dialDelay = 3 * rtt
-		ids := make([]peer.ID, len(nodes))
-		for i, d := range nodes {
-			ids[i] = d.self
-		}
+		mn, nodes, ids := vouchNet(t, Vouchers(0))
 		dialled := 0
 		for i, d := range nodes {
 			key := fmt.Sprintf("vouch-%d", i)
-			truth := trueClosest(kbucket.KeyForBytes([]byte(key)), ids, d.self, 20)
-			unconnected := 0
-			for _, p := range truth {
-				if !d.msgr.connected(p) {
-					unconnected++
-				}
-			}
+			truth, unconnected := vouchTruth(d, ids, key)
 			start := time.Now()
 			got, err := d.GetClosestPeers(context.Background(), key)
 			require.NoError(t, err)
@@ -132,7 +133,7 @@ func TestVouchersOff(t *testing.T) {
 			}
 			if unconnected > 0 {
 				dialled++
-				require.GreaterOrEqual(t, time.Since(start), mn.dialDelay+rtt, key)
+				require.GreaterOrEqual(t, time.Since(start), mn.dialDelay+vouchRTT, key)
 			}
 		}
 		require.Positive(t, dialled, "no lookup needed a new connection")
