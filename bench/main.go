@@ -50,6 +50,7 @@ func parse(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	impl := fs.String("impl", "kad,go-kad-dht", "implementations to run, comma-separated: kad, go-kad-dht; empty for none")
 	n := fs.Int("n", 100, "nodes in the mocknet")
+	conns := fs.String("conns", "", "with -transport tcp or quic: connection manager watermarks LOW:HIGH (default go-libp2p's 160:192); for networks whose full mesh would exceed the file descriptor limit")
 	transport := fs.String("transport", transportMock, "network: mocknet (simulated, no handshakes), tcp (go-libp2p hosts on 127.0.0.1, TCP + Noise + Yamux) or quic (QUIC + TLS); links carry -latency on every transport")
 	lat := fs.String("latency", "20ms", `one-way latency of every link, or "random" for 5-100 ms per link from the seed`)
 	ops := fs.Int("ops", 100, "operations per phase")
@@ -100,6 +101,12 @@ func parse(args []string) (*options, error) {
 	default:
 		return nil, fmt.Errorf("bad -transport %q", *transport)
 	}
+	var connLow, connHigh int
+	if *conns != "" {
+		if _, err := fmt.Sscanf(*conns, "%d:%d", &connLow, &connHigh); err != nil || connLow < 1 || connHigh < connLow {
+			return nil, fmt.Errorf("bad -conns %q: want LOW:HIGH with 1 <= LOW <= HIGH", *conns)
+		}
+	}
 	if *n < 2 || *ops < 1 || *churn < 0 || *churn >= 1 {
 		return nil, fmt.Errorf("need -n >= 2, -ops >= 1, 0 <= -churn < 1")
 	}
@@ -122,7 +129,7 @@ func parse(args []string) (*options, error) {
 	if *quiet {
 		level = slog.LevelWarn
 	}
-	o.p = Params{Transport: *transport, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, CPUProfile: *cpuProfile, Refresh: *refresh, Idle: *idle,
+	o.p = Params{Transport: *transport, ConnLow: connLow, ConnHigh: connHigh, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, CPUProfile: *cpuProfile, Refresh: *refresh, Idle: *idle,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if o.tag == "" {
 		ln := "lat" + *lat

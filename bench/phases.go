@@ -32,7 +32,12 @@ type Params struct {
 	Latency Latency
 	// Transport is mocknet (default), tcp or quic.
 	Transport string
-	OpTime    time.Duration // deadline of one operation
+	// ConnLow and ConnHigh, if ConnHigh is positive, are the connection
+	// manager's watermarks on real transports (go-libp2p's default is
+	// 160/192): a network too large for the process's file descriptors
+	// when every node is connected to every other runs trimmed.
+	ConnLow, ConnHigh int
+	OpTime            time.Duration // deadline of one operation
 	// Idle, if positive, is how long the network sits unused after setup
 	// before heap and goroutines are measured again.
 	Idle time.Duration
@@ -400,7 +405,7 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	if p.Transport == "" || p.Transport == transportMock {
 		tn, err = newHosts(impl, keys, p.Latency)
 	} else {
-		tn, err = newRealHosts(impl, keys, p.Latency, p.Transport)
+		tn, err = newRealHosts(impl, keys, p.Latency, p.Transport, p.ConnLow, p.ConnHigh)
 	}
 	if err != nil {
 		res.Error = err.Error()

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
@@ -122,8 +123,10 @@ func (g gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason
 // TCP with Noise and Yamux, or QUIC (TLS inside), each connection
 // carrying its link's latency (latConn for TCP, latPacketConn for QUIC).
 // Resource limits are off (every peer shares one IP); the connection
-// manager is go-libp2p's default (160/192), which 100 nodes never reach.
-func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string) (*testNet, error) {
+// manager is go-libp2p's default (160/192), which 100 nodes never reach,
+// unless connHigh > 0 sets its watermarks (trimming 5 s after a
+// connection opened, at most once a second).
+func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string, connLow, connHigh int) (*testNet, error) {
 	// The tcp transport sets keepalives through a type assertion that the
 	// wrapped connection does not pass, and logs an error per connection;
 	// latDialer sets them on the socket instead. go-libp2p's loggers read
@@ -151,6 +154,13 @@ func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string) (*testNe
 			libp2p.DisableRelay(),
 			libp2p.DisableMetrics(),
 			libp2p.DisableIdentifyAddressDiscovery(),
+		}
+		if connHigh > 0 {
+			cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(5*time.Second), connmgr.WithSilencePeriod(time.Second))
+			if err != nil {
+				return nil, fmt.Errorf("host %d: connection manager: %w", i, err)
+			}
+			opts = append(opts, libp2p.ConnectionManager(cm))
 		}
 		switch tr {
 		case transportTCP:
