@@ -240,33 +240,18 @@ func (e *peerEntries) encode(p peer.ID, addrs []ma.Multiaddr) pb.Peer {
 	return out
 }
 
-// connectedPeers returns the ids of the entries among the first limit
-// decodable ones (as decodePeers counts them) that the sender marked
-// CONNECTED, never ourselves.
-func connectedPeers(in []pb.Peer, self peer.ID, limit int) []peer.ID {
-	var out []peer.ID
-	n := 0
-	for _, e := range in {
-		if n == limit {
-			break
-		}
-		id, err := peer.IDFromBytes(e.ID)
-		if err != nil || id == self {
-			continue
-		}
-		n++
-		if e.Connection == pb.Connected {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
 // decodePeers turns wire entries into AddrInfos, dropping entries with a
 // garbage id and addresses that do not parse, and never returning
 // ourselves. At most limit entries are kept.
 func decodePeers(in []pb.Peer, self peer.ID, limit int) []peer.AddrInfo {
-	out := make([]peer.AddrInfo, 0, min(len(in), limit))
+	out, _ := decodePeersConnected(in, self, limit)
+	return out
+}
+
+// decodePeersConnected is decodePeers that also returns the ids of the
+// kept entries the sender marked CONNECTED (for lookup vouches).
+func decodePeersConnected(in []pb.Peer, self peer.ID, limit int) (out []peer.AddrInfo, connected []peer.ID) {
+	out = make([]peer.AddrInfo, 0, min(len(in), limit))
 	for _, e := range in {
 		if len(out) == limit {
 			break
@@ -284,6 +269,9 @@ func decodePeers(in []pb.Peer, self peer.ID, limit int) []peer.AddrInfo {
 			ai.Addrs = append(ai.Addrs, a)
 		}
 		out = append(out, ai)
+		if e.Connection == pb.Connected {
+			connected = append(connected, id)
+		}
 	}
-	return out
+	return out, connected
 }

@@ -101,8 +101,9 @@ type lookupOpts struct {
 	stopsEarly bool
 	// vouch lets the lookup end without the answers of peers it had to
 	// dial, once the Vouchers option's number of peers that answered
-	// reported a connection to them (lookup.Config.Vouchers): for lookups whose answers carry
-	// nothing but closer peers, whose result is all the caller wants.
+	// reported a connection to them (lookup.Config.Vouchers): for lookups
+	// whose answers carry nothing but closer peers, whose result is all
+	// the caller wants.
 	vouch bool
 }
 
@@ -271,7 +272,7 @@ func (q *querier) findNodeConnected(ctx context.Context, p peer.ID, key []byte) 
 	if err != nil {
 		return nil, nil, err
 	}
-	closer = decodePeers(resp.CloserPeers, q.self, maxCloserPeersFactor*q.k)
+	closer, connected = decodePeersConnected(resp.CloserPeers, q.self, maxCloserPeersFactor*q.k)
 	q.learnAddrs(closer)
-	return closer, connectedPeers(resp.CloserPeers, q.self, len(closer)), nil
+	return closer, connected, nil
 }
