@@ -48,6 +48,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -127,6 +128,8 @@ func New(ctx context.Context, h host.Host, opts ...Option) (*DHT, error) {
 		msgr:      newLibp2pMessenger(h, []protocol.ID{protocolID(cfg.node.prefix)}, cfg.node.requestTimeout, cfg.limits.maxMessageSize),
 		ps:        h.Peerstore(),
 		selfAddrs: h.Addrs,
+		connMgr:   h.ConnManager(),
+		connRoom:  connRoom(h.ConnManager()),
 	}
 	d, err := newNode(cfg, env)
 	if err != nil {
@@ -150,6 +153,13 @@ type nodeEnv struct {
 	msgr      messenger
 	ps        peerstore.Peerstore
 	selfAddrs func() []ma.Multiaddr
+	// connMgr, if not nil, is the host's connection manager, where the
+	// node tags its table peers (connTags).
+	connMgr connmgr.ConnManager
+	// connRoom, if not nil, reports whether the host can open another
+	// connection without trimming one; if it cannot, a table peer that
+	// disconnects is not redialled to check it.
+	connRoom func() bool
 	// close, if not nil, runs last in Close: it releases what the
 	// environment keeps for the node alone (a simulated node's own
 	// peerstore). newNode does not run it when it fails.
@@ -186,6 +196,8 @@ func newNode(cfg config, env nodeEnv) (*DHT, error) {
 		rng:          rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	d.keeper = tk
+	tk.connRoom = env.connRoom
+	tk.tags = newConnTags(env.connMgr, "kad:"+string(d.protocol), d.self, cfg.table.bucketSize, d.rt.nearest)
 	d.rt.onChange = tk.peerChanged
 	if cfg.table.diversity != nil {
 		d.rt.div = newDiversity(*cfg.table.diversity)
@@ -266,6 +278,9 @@ func (d *DHT) Mode() ModeOpt {
 func (d *DHT) Close() error {
 	d.closeOnce.Do(func() {
 		d.own.shutdown(d.detachHost)
+		if d.keeper.tags != nil {
+			d.keeper.tags.close()
+		}
 		// Save the table for the next run, with a fresh, short context:
 		// the lifetime one is already cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -41,6 +41,8 @@ type keeper struct {
 	verifying    sync.Map      // peer.ID -> struct{}: admission checks in flight
 	verifySem    chan struct{} // bounds admission checks
 	lost         *lostPeers    // table peers to check after a disconnect
+	tags         *connTags     // table peers' tags in the host's connection manager, or nil
+	connRoom     func() bool   // nil, or whether a redial would not make the host trim (connRoom)
 	discoverKick chan struct{} // asks maintain for a discovery run (kickDiscovery)
 	discoverRuns atomic.Int64  // discovery runs finished
 	rngMu        sync.Mutex
@@ -104,6 +106,9 @@ func (tk *keeper) probe(ctx context.Context, p peer.ID) error {
 
 // peerChanged reports table changes to the application and metrics.
 func (tk *keeper) peerChanged(p peer.ID, added bool) {
+	if tk.tags != nil {
+		tk.tags.changed(p, added)
+	}
 	if added {
 		tk.log.Debug("peer added", "peer", p)
 		if f := tk.cfg.onPeerAdded; f != nil {

@@ -16,7 +16,10 @@ import (
 // evicted if that fails, its bucket refilled from the replacement cache.
 // A peer whose connection was merely trimmed answers and stays. Each peer
 // is checked at most once per lostPeerCooldown, so a connection manager
-// that trims the same peer again and again does not make us redial it.
+// that trims the same peer again and again does not make us redial it;
+// and none is checked while the host's connection manager is at its low
+// watermark or above (connRoom), where a disconnect is most likely a trim
+// and a redial would only get another connection trimmed.
 
 const (
 	lostPeerWorkers  = 4
@@ -103,6 +106,9 @@ func (tk *keeper) peerDisconnected(p peer.ID) {
 	if tk.own.isClosed() || tk.msgr.connected(p) || !tk.rt.Find(p) {
 		return
 	}
+	if tk.connRoom != nil && !tk.connRoom() {
+		return
+	}
 	if tk.lost.push(p, time.Now()) && !tk.own.spawn(tk.checkLostPeers) {
 		tk.lost.workerGone()
 	}
@@ -120,8 +126,9 @@ func (tk *keeper) checkLostPeers() {
 		if !ok {
 			return
 		}
-		// Reconnected meanwhile, or already gone: nothing to learn.
-		if tk.msgr.connected(p) || !tk.rt.Find(p) {
+		// Reconnected meanwhile, or already gone: nothing to learn; and
+		// no redial once the host is short of connections.
+		if tk.msgr.connected(p) || !tk.rt.Find(p) || (tk.connRoom != nil && !tk.connRoom()) {
 			continue
 		}
 		tk.checkPeer(tk.own.ctx, p)
