@@ -93,6 +93,17 @@ func (c *connTags) changed(p peer.ID, added bool) {
 	}
 }
 
+// connected sets p's tag again if p is a table peer: a connection
+// manager may have dropped it with p's last connection (go-libp2p's
+// does).
+func (c *connTags) connected(p peer.ID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v := c.value[p]; v > 0 {
+		c.set(p, v)
+	}
+}
+
 // close removes every tag; later changes are ignored.
 func (c *connTags) close() {
 	c.mu.Lock()

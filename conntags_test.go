@@ -135,7 +135,17 @@ func TestConnTagsOnHost(t *testing.T) {
 		return true
 	})
 
+	// go-libp2p's manager forgets a peer's tags with its last
+	// connection: a table peer's tag returns when it reconnects (here by
+	// the lost-peer check's redial).
 	d := nodes[0]
+	p := d.RoutingTable().ListPeers()[0]
+	want := tagged(d, p)
+	require.NoError(t, d.Host().Network().ClosePeer(p))
+	waitFor(t, 20*time.Second, "tag back after a reconnect", func() bool {
+		return d.msgr.connected(p) && tagged(d, p) == want
+	})
+
 	table := d.RoutingTable().ListPeers()
 	require.NoError(t, d.Close())
 	for _, p := range table {

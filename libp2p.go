@@ -108,10 +108,19 @@ func (d *DHT) onReachability(r network.Reachability) {
 // notifiee queues a check of the table peers that disconnect.
 func (d *DHT) notifiee() network.Notifiee {
 	d.notifyOnce.Do(func() {
-		d.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-			p := c.RemotePeer()
-			d.keeper.peerDisconnected(p)
-		}}
+		d.notify = &network.NotifyBundle{
+			// go-libp2p's connection manager forgets a peer's tags when
+			// its last connection closes: a table peer's come back with
+			// its next connection.
+			ConnectedF: func(n network.Network, c network.Conn) {
+				if d.keeper.tags != nil {
+					d.keeper.tags.connected(c.RemotePeer())
+				}
+			},
+			DisconnectedF: func(n network.Network, c network.Conn) {
+				d.keeper.peerDisconnected(c.RemotePeer())
+			},
+		}
 	})
 	return d.notify
 }
