@@ -105,7 +105,8 @@ func (d *DHT) onReachability(r network.Reachability) {
 	}
 }
 
-// notifiee queues a check of the table peers that disconnect.
+// notifiee queues a check of the table peers that disconnect and sets a
+// table peer's connection-manager tag again when it reconnects.
 func (d *DHT) notifiee() network.Notifiee {
 	d.notifyOnce.Do(func() {
 		d.notify = &network.NotifyBundle{
