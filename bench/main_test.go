@@ -153,5 +153,9 @@ func TestProvideAtScale(t *testing.T) {
 		if r.Findable < 1 {
 			t.Errorf("%s %s: findable %.3f", r.Impl, r.Path, r.Findable)
 		}
+		// 20,000 stored records take room: the measure must see them.
+		if r.HeapRetainedMiB <= 0 {
+			t.Errorf("%s %s: heap kept after the run %.1f MiB", r.Impl, r.Path, r.HeapRetainedMiB)
+		}
 	}
 }

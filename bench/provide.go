@@ -52,9 +52,12 @@ type ProvideRun struct {
 	Placement float64 `json:"placement"`     // mean share of each CID's true 20 closest holding its record
 	PlaceMin  float64 `json:"placement_min"` // worst CID
 	HeapMiB   float64 `json:"heap_peak_mib"` // peak heap in use during the run, above the heap before it
-	Bytes     float64 `json:"bytes_per_rec"` // datastore key+value bytes per provider record, network-wide
-	CPUSec    float64 `json:"cpu_seconds"`   // process CPU time during the run
-	Error     string  `json:"error,omitempty"`
+	// HeapRetainedMiB is the heap in use after the run and a collection,
+	// above the heap before it.
+	HeapRetainedMiB float64 `json:"heap_retained_mib,omitempty"`
+	Bytes           float64 `json:"bytes_per_rec"` // datastore key+value bytes per provider record, network-wide
+	CPUSec          float64 `json:"cpu_seconds"`   // process CPU time during the run
+	Error           string  `json:"error,omitempty"`
 }
 
 // ProvideResults is the providing phase's report.
@@ -165,8 +168,12 @@ func runProvide(impl Impl, p Params, pp ProvideParams, keys []ic.PrivKey, dir st
 	return runs, setup, nil
 }
 
-// heapWatch samples the heap in use until stopped and reports the peak.
-func heapWatch() (stop func() float64) {
+// heapWatch samples the heap in use until stopped. stop reports the peak
+// above the heap before the run, garbage included (so it depends on how
+// fast the run allocates, through the collector's pacing), and what is
+// left above it after a collection once the run is over: the records the
+// network stores and whatever the implementation keeps.
+func heapWatch() (stop func() (peak, retained float64)) {
 	var ms runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
@@ -192,14 +199,19 @@ func heapWatch() (stop func() float64) {
 			}
 		}
 	}()
-	return func() float64 {
-		close(done)
-		wg.Wait()
-		pk := peak.Load()
-		if pk < base {
+	above := func(v uint64) float64 {
+		if v < base {
 			return 0
 		}
-		return float64(pk-base) / (1 << 20)
+		return float64(v-base) / (1 << 20)
+	}
+	return func() (float64, float64) {
+		close(done)
+		wg.Wait()
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return above(peak.Load()), above(m.HeapInuse)
 	}
 }
 
@@ -230,7 +242,7 @@ func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path 
 			rep, err := n.d.ProvideManyReport(ctx, cids)
 			res.WallSec = quiet(tn).Sub(start).Seconds()
 			res.Requests = tn.c.msgs.Load() - msgs0
-			res.HeapMiB = stop()
+			res.HeapMiB, res.HeapRetainedMiB = stop()
 			res.Lookups = int64(rep.Lookups)
 			if err == nil && rep.KeysMissed > 0 {
 				err = fmt.Errorf("%d keys reached no peer", rep.KeysMissed)
@@ -263,7 +275,7 @@ func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path 
 				passEnd := time.Now()
 				res.WallSec = st.Took.Seconds() + max(0, quiet(tn).Sub(passEnd).Seconds())
 				res.Requests = tn.c.msgs.Load() - msgs0
-				res.HeapMiB = stop()
+				res.HeapMiB, res.HeapRetainedMiB = stop()
 				res.Lookups = int64(st.Report.Lookups)
 				_ = n.d.StopProviding(ctx, cids...)
 				return st.Err
@@ -312,7 +324,7 @@ func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path 
 			if done >= int64(len(cids)) && st.Queues.PendingKeyProvides == 0 && on.KeyProvides == 0 && on.RegionProvides == 0 {
 				res.WallSec = quiet(tn).Sub(start).Seconds()
 				res.Requests = tn.c.msgs.Load() - msgs0
-				res.HeapMiB = stop()
+				res.HeapMiB, res.HeapRetainedMiB = stop()
 				res.Lookups = n.lookups.Load() - lk0
 				if f := st.Operations.Past.KeysFailed - st0.Operations.Past.KeysFailed; f > 0 {
 					return fmt.Errorf("%d keys failed", f)
@@ -518,6 +530,7 @@ func (r *ProvideResults) markdown() string {
 	row("placement: share of true 20 closest holding the record", "%.3f", func(x *ProvideRun) float64 { return x.Placement })
 	row("placement, worst CID", "%.2f", func(x *ProvideRun) float64 { return x.PlaceMin })
 	row("peak heap above start, MiB", "%.0f", func(x *ProvideRun) float64 { return x.HeapMiB })
+	row("heap kept after the run and a collection, above start, MiB", "%.0f", func(x *ProvideRun) float64 { return x.HeapRetainedMiB })
 	row("datastore bytes per provider record", "%.0f", func(x *ProvideRun) float64 { return x.Bytes })
 	row("CPU, s", "%.1f", func(x *ProvideRun) float64 { return x.CPUSec })
 	fmt.Fprintf(&b, "\n(N = %d, latency %s, %d CIDs handed to one node, send buffers on, seed %d; setup", r.N, r.Latency, r.Params.CIDs, r.Seed)

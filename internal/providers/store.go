@@ -195,7 +195,7 @@ func (s *Store) AddMany(ctx context.Context, keys [][]byte, p peer.ID, addrs []m
 // entry to write, and undo, which puts the set back as it was. Called
 // with s.mu held.
 func (s *Store) prepare(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multiaddr, now time.Time) (ds.Key, []byte, func(), error) {
-	set, err := s.load(ctx, key, now)
+	set, err := s.load(ctx, key, now, false)
 	if err != nil {
 		return ds.Key{}, nil, nil, err
 	}
@@ -247,7 +247,7 @@ func (s *Store) Get(ctx context.Context, key []byte, now time.Time, limit int) (
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	set, err := s.load(ctx, key, now)
+	set, err := s.load(ctx, key, now, true)
 	if err != nil {
 		return nil, fmt.Errorf("providers: get: %w", err)
 	}
@@ -273,9 +273,13 @@ func (s *Store) Get(ctx context.Context, key []byte, now time.Time, limit int) (
 
 // load returns the live provider set of key, from the cache or the
 // datastore (one Get of the key's entry), dropping what expired and
-// deleting an entry that cannot be decoded. Called with s.mu held; the
-// returned set is the cached one, so changes to it stick.
-func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, error) {
+// deleting an entry that cannot be decoded. Called with s.mu held. A
+// cached set is returned as is, so changes to it stick; one read from the
+// datastore is cached only if keep (reads keep it: a key that is asked
+// for is hot; writes do not: a node receiving announcements for many keys
+// would otherwise hold a decoded copy of the last CacheKeys of them
+// beside the datastore's, used by nothing).
+func (s *Store) load(ctx context.Context, key []byte, now time.Time, keep bool) (keySet, error) {
 	enc := b32.EncodeToString(key)
 	if set, ok := s.cache.get(enc); ok {
 		return set, s.dropExpired(ctx, key, set, now)
@@ -283,7 +287,9 @@ func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, er
 	if s.present != nil {
 		if _, ok := s.present[enc]; !ok {
 			set := make(keySet)
-			s.cache.put(enc, set)
+			if keep {
+				s.cache.put(enc, set)
+			}
 			return set, nil
 		}
 	}
@@ -307,7 +313,9 @@ func (s *Store) load(ctx context.Context, key []byte, now time.Time) (keySet, er
 	if s.present != nil && len(set) == 0 {
 		delete(s.present, enc)
 	}
-	s.cache.put(enc, set)
+	if keep {
+		s.cache.put(enc, set)
+	}
 	return set, nil
 }
 
@@ -472,7 +480,7 @@ func (s *Store) migrate(ctx context.Context, enc string, p peer.ID, r *record, n
 	if err != nil || len(key) == 0 {
 		return nil // parseDSKey accepted it, but it names no key: drop it
 	}
-	set, err := s.load(ctx, key, now)
+	set, err := s.load(ctx, key, now, false)
 	if err != nil {
 		return err
 	}

@@ -291,8 +291,11 @@ func TestSweep(t *testing.T) {
 	})
 }
 
-// A hot key is answered from the cache; the cache is bounded and a new
-// store on the same datastore (a restart) finds every record.
+// Writes do not fill the cache (a node that receives announcements for
+// many keys holds no decoded copy of them); a key that is read is cached,
+// a hot key is answered from the cache and stays current through writes;
+// the cache is bounded and a new store on the same datastore (a restart)
+// finds every record.
 func TestCacheAndRestart(t *testing.T) {
 	ctx := context.Background()
 	d := newDS()
@@ -302,16 +305,29 @@ func TestCacheAndRestart(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		require.NoError(t, s.Add(ctx, []byte(fmt.Sprintf("k%d", i)), p, []ma.Multiaddr{addr(t, i)}, t0))
 	}
+	require.Equal(t, 0, s.CachedKeys(), "writes cache nothing")
+	for i := 0; i < 6; i++ {
+		_, err := s.Get(ctx, []byte(fmt.Sprintf("k%d", i)), t0, 0)
+		require.NoError(t, err)
+	}
 	require.Equal(t, 4, s.CachedKeys(), "bounded by CacheKeys")
 
+	// A write to a cached key updates the cached set.
+	require.NoError(t, s.Add(ctx, []byte("k5"), p, []ma.Multiaddr{addr(t, 9)}, t0))
 	before := d.queries.Load()
+	got, err := s.Get(ctx, []byte("k5"), t0, 0)
+	require.NoError(t, err)
+	require.Equal(t, []peer.AddrInfo{{ID: p, Addrs: []ma.Multiaddr{addr(t, 9)}}}, got, "cached set after a write")
+	require.Equal(t, before, d.queries.Load(), "hot key served from the cache")
+	require.NoError(t, s.Add(ctx, []byte("k5"), p, []ma.Multiaddr{addr(t, 5)}, t0))
+
 	for i := 0; i < 10; i++ {
 		got, err := s.Get(ctx, []byte("k5"), t0, 0)
 		require.NoError(t, err)
 		require.Len(t, got, 1)
 	}
 	require.Equal(t, before, d.queries.Load(), "hot key served from the cache")
-	_, err := s.Get(ctx, []byte("k0"), t0, 0)
+	_, err = s.Get(ctx, []byte("k0"), t0, 0)
 	require.NoError(t, err)
 	require.Equal(t, before+1, d.queries.Load(), "an evicted key is read from the datastore")
 
