@@ -151,11 +151,19 @@ func readAddrs(b []byte, count uint64, what string) ([]ma.Multiaddr, []byte, err
 // take 6 bytes and 1 instead of 9 and 9. Times are kept to the
 // millisecond; Add truncates them so the cache agrees with the datastore.
 func encodeSet(set keySet) []byte {
-	n := 1 + binary.MaxVarintLen64
+	// The exact size: a datastore may keep the slice as given (go-datastore's
+	// MapDatastore does), and every stored set would carry the slack of a
+	// worst-case estimate, about 60 bytes for a set of one.
+	n := 1 + uvarintLen(uint64(len(set)))
 	for p, r := range set {
-		n += 4*binary.MaxVarintLen64 + len(p)
+		n += uvarintLen(uint64(len(p))) + len(p) + varintLen(r.received.UnixMilli()) + uvarintLen(uint64(len(r.addrs)))
+		if len(r.addrs) == 0 {
+			continue
+		}
+		n += varintLen(r.received.UnixMilli() - r.addrsAt.UnixMilli())
 		for _, a := range r.addrs {
-			n += binary.MaxVarintLen64 + len(a.Bytes())
+			l := len(a.Bytes())
+			n += uvarintLen(uint64(l)) + l
 		}
 	}
 	// Providers in id order: the same set always encodes the same.
@@ -184,6 +192,25 @@ func encodeSet(set keySet) []byte {
 		}
 	}
 	return b
+}
+
+// uvarintLen is the length of x as binary.AppendUvarint writes it.
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// varintLen is the length of x as binary.AppendVarint writes it.
+func varintLen(x int64) int {
+	ux := uint64(x) << 1
+	if x < 0 {
+		ux = ^ux
+	}
+	return uvarintLen(ux)
 }
 
 // decodeSet parses what encodeSet wrote. Addresses that do not parse are

@@ -424,6 +424,7 @@ func TestRecordCodec(t *testing.T) {
 	ps := peers(t, 2)
 	set := keySet{ps[0]: cases[0], ps[1]: cases[1]}
 	enc := encodeSet(set)
+	require.Equal(t, len(enc), cap(enc), "the encoding is sized exactly")
 	got, err := decodeSet(enc)
 	require.NoError(t, err)
 	require.Len(t, got, 2)
@@ -491,7 +492,11 @@ func FuzzDecodeSet(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := decodeSet(encodeSet(set))
+		enc := encodeSet(set)
+		if cap(enc) != len(enc) {
+			t.Fatalf("encoded set of %d bytes in a buffer of %d", len(enc), cap(enc))
+		}
+		again, err := decodeSet(enc)
 		if err != nil {
 			t.Fatalf("re-encoded set does not decode: %v", err)
 		}
