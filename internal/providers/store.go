@@ -191,8 +191,9 @@ func (s *Store) AddMany(ctx context.Context, keys [][]byte, p peer.ID, addrs []m
 	return full, nil
 }
 
-// prepare renews or adds p's record in key's cached set and returns the
-// entry to write, and undo, which puts the set back as it was. Called
+// prepare renews or adds p's record in key's set (the cached one, if the
+// key is cached) and returns the entry to write, and undo, which puts the
+// set back as it was. Called
 // with s.mu held.
 func (s *Store) prepare(ctx context.Context, key []byte, p peer.ID, addrs []ma.Multiaddr, now time.Time) (ds.Key, []byte, func(), error) {
 	set, err := s.load(ctx, key, now, false)
