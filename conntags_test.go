@@ -136,15 +136,27 @@ func TestConnTagsOnHost(t *testing.T) {
 	})
 
 	// go-libp2p's manager forgets a peer's tags with its last
-	// connection: a table peer's tag returns when it reconnects (here by
-	// the lost-peer check's redial).
+	// connection; the node sets a table peer's tag again on each new
+	// connection. Forget it by hand and deliver a Connected.
 	d := nodes[0]
-	p := d.RoutingTable().ListPeers()[0]
-	want := tagged(d, p)
-	require.NoError(t, d.Host().Network().ClosePeer(p))
-	waitFor(t, 20*time.Second, "tag back after a reconnect", func() bool {
-		return d.msgr.connected(p) && tagged(d, p) == want
-	})
+	var p peer.ID
+	for _, q := range d.RoutingTable().ListPeers() {
+		if d.msgr.connected(q) {
+			p = q
+			break
+		}
+	}
+	require.NotEmpty(t, p, "no connected table peer")
+	d.Host().ConnManager().UntagPeer(p, name)
+	require.Zero(t, tagged(d, p))
+	conns := d.Host().Network().ConnsToPeer(p)
+	require.NotEmpty(t, conns)
+	d.notifiee().Connected(d.Host().Network(), conns[0])
+	d.keeper.tags.mu.Lock()
+	want := d.keeper.tags.value[p]
+	d.keeper.tags.mu.Unlock()
+	require.Positive(t, want)
+	require.Equal(t, want, tagged(d, p), "tag set again on Connected")
 
 	table := d.RoutingTable().ListPeers()
 	require.NoError(t, d.Close())
