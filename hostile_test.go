@@ -13,7 +13,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
-	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -103,12 +102,9 @@ func hostileCases(t *testing.T, attacker, victim peer.ID, provKey []byte) []host
 // Every class of bad input gets the stream reset and changes nothing, and
 // the node keeps answering, the attacker included.
 func TestHostileInputs(t *testing.T) {
-	mn := mocknet.New()
-	t.Cleanup(func() { _ = mn.Close() })
+	mn, hs := identifiedHosts(t, 2)
 	var nodes []*DHT
-	for range 2 {
-		h, err := mn.GenPeer()
-		require.NoError(t, err)
+	for _, h := range hs {
 		d, err := New(context.Background(), h, valueOpts(Mode(ModeServer), RandomWalk(false), MaxRecordSize(1024))...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = d.Close() })
@@ -119,8 +115,6 @@ func TestHostileInputs(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, mn.LinkAll())
 	ctx := testCtx(t, 2*time.Minute)
-	_, err = mn.ConnectPeers(cli.self, srv.self)
-	require.NoError(t, err)
 	waitFor(t, 10*time.Second, "tables filled", func() bool { return cli.rt.Find(srv.self) && srv.rt.Find(cli.self) })
 
 	// Something to lose: a record and a provider record.

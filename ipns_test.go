@@ -12,7 +12,6 @@ import (
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
@@ -67,21 +66,17 @@ type ipnsNet struct{ a, b, c *DHT }
 
 func newIPNSNet(t *testing.T, opts ...Option) *ipnsNet {
 	t.Helper()
-	mn := mocknet.New()
-	t.Cleanup(func() { _ = mn.Close() })
+	_, hs := identifiedHosts(t, 3)
 	n := &ipnsNet{}
-	for _, x := range []struct {
+	for i, x := range []struct {
 		d    **DHT
 		mode ModeOpt
 	}{{&n.a, ModeServer}, {&n.b, ModeServer}, {&n.c, ModeClient}} {
-		h, err := mn.GenPeer()
-		require.NoError(t, err)
-		*x.d, err = New(context.Background(), h, append([]Option{Mode(x.mode)}, opts...)...)
+		var err error
+		*x.d, err = New(context.Background(), hs[i], append([]Option{Mode(x.mode)}, opts...)...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = (*x.d).Close() })
 	}
-	require.NoError(t, mn.LinkAll())
-	require.NoError(t, mn.ConnectAllButSelf())
 	waitFor(t, 10*time.Second, "tables filled", func() bool {
 		return n.a.rt.Find(n.b.self) && n.b.rt.Find(n.a.self) && n.c.rt.Find(n.a.self) && n.c.rt.Find(n.b.self)
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/ipfs/boxo/ipns"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -301,19 +302,20 @@ type valuePair struct {
 }
 
 // newValuePair starts a and b, b's handlers wrapped before any traffic, and
-// waits until each has the other in its table.
+// waits until each has the other in its table. b starts first and is
+// wrapped before a exists: its host is already connected to a's, but
+// only a DHT would send it requests.
 func newValuePair(t *testing.T, opts ...Option) *valuePair {
 	t.Helper()
-	mn := mocknet.New()
-	t.Cleanup(func() { _ = mn.Close() })
+	_, hs := identifiedHosts(t, 2)
 	vp := &valuePair{}
-	for _, d := range []**DHT{&vp.a, &vp.b} {
-		h, err := mn.GenPeer()
+	start := func(h host.Host) *DHT {
+		d, err := New(context.Background(), h, append([]Option{Mode(ModeServer)}, opts...)...)
 		require.NoError(t, err)
-		*d, err = New(context.Background(), h, append([]Option{Mode(ModeServer)}, opts...)...)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = (*d).Close() })
+		t.Cleanup(func() { _ = d.Close() })
+		return d
 	}
+	vp.b = start(hs[1])
 	for typ, n := range map[pb.MessageType]*atomic.Int64{pb.PutValue: &vp.puts, pb.GetValue: &vp.gets} {
 		inner, ok := vp.b.srv.handlers[int32(typ)]
 		if !ok {
@@ -324,9 +326,7 @@ func newValuePair(t *testing.T, opts ...Option) *valuePair {
 			return inner(ctx, from, req)
 		}
 	}
-	require.NoError(t, mn.LinkAll())
-	_, err := mn.ConnectPeers(vp.a.self, vp.b.self)
-	require.NoError(t, err)
+	vp.a = start(hs[0])
 	waitFor(t, 10*time.Second, "tables filled", func() bool {
 		return vp.a.rt.Find(vp.b.self) && vp.b.rt.Find(vp.a.self)
 	})
