@@ -98,17 +98,26 @@ func newNet(t *testing.T, ctx context.Context, n int, wantWAN bool, opts ...dual
 		// The WAN side defaults to ModeAuto, a client on loopback.
 		dual.WanDHTOption(kad.Mode(kad.ModeServer)),
 	}
+	// The hosts connect (Connect waits for identify) before the DHTs
+	// start: a DHT started just before its host connects can have its
+	// protocol announcement overtaken by identify's older snapshot
+	// (go-libp2p consumes the two concurrently), and the other side would
+	// never learn it speaks kad. Started after, it is announced by a push.
+	hosts := make([]host.Host, n)
+	for i := range hosts {
+		hosts[i] = newHost(t)
+		if i > 0 {
+			require.NoError(t, hosts[i].Connect(ctx, info(hosts[0])))
+		}
+	}
 	var ds []*dual.DHT
-	for i := 0; i < n; i++ {
-		d, err := dual.New(ctx, newHost(t), append(base, opts...)...)
+	for _, h := range hosts {
+		d, err := dual.New(ctx, h, append(base, opts...)...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = d.Close() })
 		ds = append(ds, d)
 	}
 	hub := ds[0]
-	for _, d := range ds[1:] {
-		require.NoError(t, d.WAN().Host().Connect(ctx, info(hub.WAN().Host())))
-	}
 	for i, d := range ds[1:] {
 		waitFor(t, 10*time.Second, "LAN tables of the hub and node "+strconv.Itoa(i+1), func() bool {
 			return d.LAN().RoutingTable().Find(hub.LAN().Host().ID()) && hub.LAN().RoutingTable().Find(d.LAN().Host().ID())
