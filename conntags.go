@@ -28,6 +28,7 @@ const (
 // outlives it.
 type connTags struct {
 	set     func(p peer.ID, value int) // value 0 removes the tag
+	get     func(p peer.ID) int        // the value the manager holds now
 	self    kbucket.ID
 	k       int
 	nearest func(target kbucket.ID, n int) []peer.ID
@@ -54,11 +55,17 @@ func newConnTags(cm connmgr.ConnManager, name string, self peer.ID, k int, neare
 		}
 		cm.TagPeer(p, name, v)
 	}
-	return newTags(set, self, k, nearest)
+	get := func(p peer.ID) int {
+		if ti := cm.GetTagInfo(p); ti != nil {
+			return ti.Tags[name]
+		}
+		return 0
+	}
+	return newTags(set, get, self, k, nearest)
 }
 
-func newTags(set func(peer.ID, int), self peer.ID, k int, nearest func(kbucket.ID, int) []peer.ID) *connTags {
-	return &connTags{set: set, self: kbucket.PeerKey(self), k: k, nearest: nearest, value: make(map[peer.ID]int)}
+func newTags(set func(peer.ID, int), get func(peer.ID) int, self peer.ID, k int, nearest func(kbucket.ID, int) []peer.ID) *connTags {
+	return &connTags{set: set, get: get, self: kbucket.PeerKey(self), k: k, nearest: nearest, value: make(map[peer.ID]int)}
 }
 
 // changed records that p entered (added) or left the table, and moves the
@@ -102,6 +109,28 @@ func (c *connTags) connected(p peer.ID) {
 	if v := c.value[p]; v > 0 {
 		c.set(p, v)
 	}
+}
+
+// repair sets again the tag of each connected table peer whose tag the
+// manager no longer holds, and returns how many it set. Connected and
+// Disconnected notifications reach the manager and the node in no fixed
+// order when a peer reconnects: go-libp2p's manager can handle the old
+// connection's Disconnected after the node's re-tag on the new one, and
+// drop the tag with what it takes for the peer's last connection. The
+// keeper runs repair periodically to catch those. Peers that are not
+// connected are left alone: a tag would only make the manager keep an
+// entry for them.
+func (c *connTags) repair(connected func(peer.ID) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fixed := 0
+	for p, v := range c.value {
+		if v > 0 && c.get(p) != v && connected(p) {
+			c.set(p, v)
+			fixed++
+		}
+	}
+	return fixed
 }
 
 // close removes every tag; later changes are ignored.

@@ -31,24 +31,12 @@ func TestConnTags(t *testing.T) {
 			return
 		}
 		tags[p] = v
-	}, self, k, rt.nearest)
+	}, func(p peer.ID) int { return tags[p] }, self, k, rt.nearest)
 	rt.onChange = ct.changed
 
 	check := func(what string) {
 		t.Helper()
-		table := rt.ListPeers()
-		require.Len(t, tags, len(table), what)
-		near := map[peer.ID]bool{}
-		for _, p := range rt.nearest(kbucket.PeerKey(self), k) {
-			near[p] = true
-		}
-		for _, p := range table {
-			want := tableTagValue
-			if near[p] {
-				want = nearTagValue
-			}
-			require.Equal(t, want, tags[p], "%s: peer %s", what, p)
-		}
+		require.Equal(t, wantTags(rt, self, k), tags, what)
 	}
 
 	now := time.Now()
@@ -80,10 +68,35 @@ func TestConnTags(t *testing.T) {
 	ct.changed(rt.ListPeers()[0], true)
 	require.Equal(t, before, calls, "a repeated add re-tagged peers")
 
+	// repair sets lost tags again, on connected peers only.
+	table := rt.ListPeers()
+	lostUp, lostDown := table[0], table[1]
+	delete(tags, lostUp)
+	delete(tags, lostDown)
+	require.Equal(t, 1, ct.repair(func(p peer.ID) bool { return p != lostDown }))
+	_, down := tags[lostDown]
+	require.False(t, down, "a peer not connected was tagged")
+	tags[lostDown] = wantTags(rt, self, k)[lostDown]
+	check("after repair")
+	require.Zero(t, ct.repair(func(peer.ID) bool { return true }), "repair with nothing lost")
+
 	ct.close()
 	require.Empty(t, tags, "close left tags behind")
 	rt.add(test.RandPeerIDFatal(t), now)
 	require.Empty(t, tags, "a change after close tagged a peer")
+}
+
+// wantTags is the tag value each peer of rt should carry: nearTagValue for
+// the k closest to self, tableTagValue for the others.
+func wantTags(rt *RoutingTable, self peer.ID, k int) map[peer.ID]int {
+	want := map[peer.ID]int{}
+	for _, p := range rt.ListPeers() {
+		want[p] = tableTagValue
+	}
+	for _, p := range rt.nearest(kbucket.PeerKey(self), k) {
+		want[p] = nearTagValue
+	}
+	return want
 }
 
 // TestConnTagsOnHost: over loopback TCP hosts with go-libp2p's default
@@ -107,20 +120,12 @@ func TestConnTagsOnHost(t *testing.T) {
 	// Tags follow table changes; wait for every node's tags to match its
 	// table at one moment.
 	match := func(d *DHT) bool {
-		table := d.RoutingTable().ListPeers()
-		if len(table) == 0 {
+		want := wantTags(d.rt, d.self, k)
+		if len(want) == 0 {
 			return false
 		}
-		near := map[peer.ID]bool{}
-		for _, p := range d.rt.nearest(kbucket.PeerKey(d.self), k) {
-			near[p] = true
-		}
-		for _, p := range table {
-			want := tableTagValue
-			if near[p] {
-				want = nearTagValue
-			}
-			if tagged(d, p) != want {
+		for p, v := range want {
+			if tagged(d, p) != v {
 				return false
 			}
 		}
@@ -157,6 +162,17 @@ func TestConnTagsOnHost(t *testing.T) {
 	d.keeper.tags.mu.Unlock()
 	require.Positive(t, want)
 	require.Equal(t, want, tagged(d, p), "tag set again on Connected")
+
+	// A Disconnected while another connection remains sets it again.
+	d.Host().ConnManager().UntagPeer(p, name)
+	d.notifiee().Disconnected(d.Host().Network(), conns[0])
+	require.Equal(t, want, tagged(d, p), "tag set again on Disconnected with a connection left")
+
+	// The manager can still lose it when notifications cross (see
+	// connTags.repair): the keeper's repair sets it again.
+	d.Host().ConnManager().UntagPeer(p, name)
+	require.Equal(t, 1, d.keeper.tags.repair(d.msgr.connected))
+	require.Equal(t, want, tagged(d, p), "tag set again by repair")
 
 	table := d.RoutingTable().ListPeers()
 	require.NoError(t, d.Close())

@@ -119,7 +119,13 @@ func (d *DHT) notifiee() network.Notifiee {
 				}
 			},
 			DisconnectedF: func(n network.Network, c network.Conn) {
-				d.keeper.peerDisconnected(c.RemotePeer())
+				p := c.RemotePeer()
+				// Another connection remains: the manager may have
+				// taken this one for the last (see connTags.repair).
+				if d.keeper.tags != nil && n.Connectedness(p) == network.Connected {
+					d.keeper.tags.connected(p)
+				}
+				d.keeper.peerDisconnected(p)
 			},
 		}
 	})

@@ -16,8 +16,10 @@ const maintainConcurrency = 8
 // maintain is the table's background upkeep, an owned goroutine: every refresh
 // interval it checks peers not heard from lately, runs a self-lookup and
 // looks up a random key in each bucket not looked up recently; every
-// lowWaterCheck it re-bootstraps if the table has shrunk below the low
-// water mark; and it runs the discovery runs asked for by kickDiscovery.
+// lowWaterCheck it sets again the connection-manager tags the manager
+// lost (connTags.repair) and re-bootstraps if the table has shrunk below
+// the low water mark; and it runs the discovery runs asked for by
+// kickDiscovery.
 // It does nothing at all when random walk is off.
 func (tk *keeper) maintain() {
 	if !tk.cfg.randomWalk {
@@ -62,6 +64,11 @@ func (tk *keeper) maintain() {
 		case <-ticks:
 			tk.refreshAndSave(tk.own.ctx)
 		case <-low.C:
+			if tk.tags != nil {
+				if n := tk.tags.repair(tk.msgr.connected); n > 0 {
+					tk.log.Debug("connection-manager tags set again", "peers", n)
+				}
+			}
 			if tk.rt.Size() < tk.lowWater() && len(tk.cfg.bootstrapPeers) > 0 {
 				tk.log.Debug("routing table below low water mark: bootstrapping", "size", tk.rt.Size())
 				if err := tk.bootstrap(tk.own.ctx); err != nil {
