@@ -152,7 +152,7 @@ func runProvide(impl Impl, p Params, pp ProvideParams, keys []ic.PrivKey, dir st
 		for _, path := range paths {
 			res := &ProvideRun{Impl: impl.Name, Store: kind, Path: path, Keys: len(cids)}
 			stopProfile := startCPUProfile(p.CPUProfile, impl.Name, kind, path)
-			err := provideOnce(ctx, tn, pi, cids, path, res)
+			err := provideOnce(ctx, tn, pi, cids, path, profileName(p.MemProfile, impl.Name, kind, path), res)
 			stopProfile()
 			if err != nil {
 				res.Error = err.Error()
@@ -173,9 +173,22 @@ func runProvide(impl Impl, p Params, pp ProvideParams, keys []ic.PrivKey, dir st
 // fast the run allocates, through the collector's pacing), and what is
 // left above it after a collection once the run is over: the records the
 // network stores and whatever the implementation keeps.
-func heapWatch() (stop func() (peak, retained float64)) {
+//
+// With profile set, it writes heap profiles, both after a collection, to
+// profile-start.pprof and profile-end.pprof: `go tool pprof -base` of the
+// two shows what the run left on the heap.
+func heapWatch(profile string) (stop func() (peak, retained float64)) {
 	var ms runtime.MemStats
 	runtime.GC()
+	writeProfile := func(which string) {
+		if profile == "" {
+			return
+		}
+		if err := writeHeapProfile(profile + "-" + which + ".pprof"); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: heap profile: %v\n", err)
+		}
+	}
+	writeProfile("start")
 	runtime.ReadMemStats(&ms)
 	base := ms.HeapInuse
 	var peak atomic.Uint64
@@ -211,6 +224,7 @@ func heapWatch() (stop func() (peak, retained float64)) {
 		var m runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&m)
+		writeProfile("end")
 		return above(peak.Load()), above(m.HeapInuse)
 	}
 }
@@ -231,13 +245,15 @@ func quiet(tn *testNet) time.Time {
 
 // provideOnce hands cids to node pi by path and waits until every record
 // was handed over.
-func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path string, res *ProvideRun) error {
+// With heapProf set, heap profiles before and after the measured part
+// go to heapProf-start.pprof and heapProf-end.pprof.
+func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path, heapProf string, res *ProvideRun) error {
 	cpu0 := cpuTime()
 	defer func() { res.CPUSec = (cpuTime() - cpu0).Seconds() }()
 	switch n := tn.nodes[pi].(type) {
 	case *kadNode:
 		if path == "ProvideMany" {
-			stop := heapWatch()
+			stop := heapWatch(heapProf)
 			msgs0, start := tn.c.msgs.Load(), time.Now()
 			rep, err := n.d.ProvideManyReport(ctx, cids)
 			res.WallSec = quiet(tn).Sub(start).Seconds()
@@ -258,7 +274,7 @@ func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path 
 		if err := n.d.StartProviding(ctx, cids...); err != nil {
 			return err
 		}
-		stop := heapWatch()
+		stop := heapWatch(heapProf)
 		msgs0 := tn.c.msgs.Load()
 		cpu0 = cpuTime()
 		for {
@@ -307,7 +323,7 @@ func provideOnce(ctx context.Context, tn *testNet, pi int, cids []cid.Cid, path 
 		for i, c := range cids {
 			mhs[i] = c.Hash()
 		}
-		stop := heapWatch()
+		stop := heapWatch(heapProf)
 		msgs0, lk0, start := tn.c.msgs.Load(), n.lookups.Load(), time.Now()
 		if err := n.sweep.ProvideOnce(mhs...); err != nil {
 			stop()
@@ -548,14 +564,21 @@ func (r *ProvideResults) markdown() string {
 	return b.String()
 }
 
+// profileName is <prefix>-<impl>-<store>-<path>, or "" with no prefix.
+func profileName(prefix, impl, store, path string) string {
+	if prefix == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s-%s-%s-%s", prefix, impl, store, strings.ReplaceAll(path, " ", "-"))
+}
+
 // startCPUProfile profiles the CPU until the returned func is called, into
 // <prefix>-<impl>-<store>-<path>.pprof; with no prefix it does nothing.
 func startCPUProfile(prefix, impl, store, path string) (stop func()) {
 	if prefix == "" {
 		return func() {}
 	}
-	name := fmt.Sprintf("%s-%s-%s-%s.pprof", prefix, impl, store, strings.ReplaceAll(path, " ", "-"))
-	f, err := os.Create(name)
+	f, err := os.Create(profileName(prefix, impl, store, path) + ".pprof")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: cpu profile: %v\n", err)
 		return func() {}
