@@ -120,8 +120,9 @@ func (d *DHT) notifiee() network.Notifiee {
 			},
 			DisconnectedF: func(n network.Network, c network.Conn) {
 				p := c.RemotePeer()
-				// Another connection remains: the manager may have
-				// taken this one for the last (see connTags.repair).
+				// Another connection remains, but the manager may
+				// have counted this one as the last and dropped the
+				// tag (see connTags.repair).
 				if d.keeper.tags != nil && n.Connectedness(p) == network.Connected {
 					d.keeper.tags.connected(p)
 				}
