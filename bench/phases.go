@@ -99,12 +99,17 @@ type ImplResult struct {
 	// (each connection counted at both ends).
 	ConnsPerNode float64 `json:"conns_per_node,omitempty"`
 	// PeersPerNode is the distinct peers each node is connected to.
-	PeersPerNode   float64    `json:"connected_peers_per_node,omitempty"`
-	HeapIdleMiB    float64    `json:"heap_per_node_idle_mib,omitempty"`
-	GoroutinesIdle float64    `json:"goroutines_per_node_idle,omitempty"`
-	LoadAvg        [2]string  `json:"loadavg"` // before and after this implementation ran
-	Phases         []*OpStats `json:"phases"`
-	Error          string     `json:"error,omitempty"`
+	PeersPerNode   float64   `json:"connected_peers_per_node,omitempty"`
+	HeapIdleMiB    float64   `json:"heap_per_node_idle_mib,omitempty"`
+	GoroutinesIdle float64   `json:"goroutines_per_node_idle,omitempty"`
+	LoadAvg        [2]string `json:"loadavg"` // before and after this implementation ran
+	// UDPDrops is how many datagrams the kernel dropped for a full socket
+	// receive buffer while this implementation ran (RcvbufErrors in
+	// /proc/net/snmp, machine-wide); -1 where unknown. Over QUIC each one
+	// is a lost packet.
+	UDPDrops int64      `json:"udp_rcvbuf_drops,omitempty"`
+	Phases   []*OpStats `json:"phases"`
+	Error    string     `json:"error,omitempty"`
 }
 
 func (r *ImplResult) phase(name string) *OpStats {
@@ -396,7 +401,16 @@ func recall(got, want []peer.ID) float64 {
 func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult) {
 	res = &ImplResult{Impl: impl.Name, N: p.N}
 	res.LoadAvg[0] = loadAvg()
-	defer func() { res.LoadAvg[1] = loadAvg() }()
+	drops0 := udpRcvbufErrors()
+	defer func() {
+		res.LoadAvg[1] = loadAvg()
+		if drops1 := udpRcvbufErrors(); drops0 >= 0 && drops1 >= 0 {
+			res.UDPDrops = drops1 - drops0
+		} else {
+			res.UDPDrops = -1
+		}
+		p.Log.Info("UDP datagrams dropped for full receive buffers", "impl", impl.Name, "drops", res.UDPDrops)
+	}()
 	log := p.Log.With("impl", impl.Name)
 	settle(10 * time.Second)
 	heap0, gr0 := memSnapshot()

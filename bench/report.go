@@ -191,7 +191,11 @@ func (r *Report) markdown() string {
 	fmt.Fprintf(&b, "N = %d, latency %s, %d ops per phase (%d in flight), churn %.0f%%, seed %d, periodic refresh %s, %s, %d CPUs; load average",
 		p.N, p.Latency, p.Ops, p.Par, p.Churn*100, p.Seed, p.Refresh, r.GoVersion, r.CPUs)
 	for _, res := range r.Results {
-		fmt.Fprintf(&b, " %s %s -> %s;", res.Impl, res.LoadAvg[0], res.LoadAvg[1])
+		fmt.Fprintf(&b, " %s %s -> %s", res.Impl, res.LoadAvg[0], res.LoadAvg[1])
+		if p.Transport == transportQUIC && res.UDPDrops > 0 {
+			fmt.Fprintf(&b, " (UDP datagrams dropped for full receive buffers: %d)", res.UDPDrops)
+		}
+		b.WriteString(";")
 	}
 	b.WriteString("\n\n")
 	k, g := r.result(kadImpl.Name), r.result(goImpl.Name)
@@ -256,6 +260,37 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Fields(string(data) + " ?")[0]
+}
+
+// udpRcvbufErrors is the kernel's count of UDP datagrams dropped for a
+// full socket receive buffer (RcvbufErrors in /proc/net/snmp), -1 where
+// unknown.
+func udpRcvbufErrors() int64 {
+	data, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return -1
+	}
+	var names []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RcvbufErrors" && i < len(f) {
+				v, err := strconv.ParseInt(f[i], 10, 64)
+				if err != nil {
+					return -1
+				}
+				return v
+			}
+		}
+	}
+	return -1
 }
 
 func writeJSON(path string, v any) error {
