@@ -471,7 +471,13 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 		log.Info("after idle", "heap_mib_per_node", res.HeapIdleMiB, "goroutines_per_node", res.GoroutinesIdle)
 	}
 	rn := &runner{p: p, tn: tn, locks: make([]sync.Mutex, p.N)}
+	dropsAt := udpRcvbufErrors()
 	add := func(sts ...*OpStats) {
+		if p.Transport == transportQUIC {
+			d := udpRcvbufErrors()
+			log.Info("UDP datagrams dropped for full receive buffers", "phases", len(sts), "first", sts[0].Name, "drops", d-dropsAt)
+			dropsAt = d
+		}
 		for _, st := range sts {
 			res.Phases = append(res.Phases, st)
 			if st.Skipped == "" {
