@@ -131,6 +131,14 @@ func (tk *keeper) admit(p peer.ID) {
 	}
 	if tk.rt.add(p, time.Now()) == kbucket.Pending {
 		tk.onBucketFull(p)
+		return
+	}
+	// p answered, but its connection may have closed since, with the
+	// Disconnected already handled while p was not in the table: check it
+	// as any table peer that lost its connection, or a crashed peer would
+	// stay in the table until a request needs it.
+	if !tk.msgr.connected(p) {
+		tk.peerDisconnected(p)
 	}
 }
 

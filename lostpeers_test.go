@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -67,6 +68,28 @@ func TestDisconnectedPeersChecked(t *testing.T) {
 		require.True(t, d.rt.Find(survivor.self), "a live peer whose connection closed stays in the table")
 		require.Equal(t, network.Connected, d.h.Network().Connectedness(survivor.self), "the check reconnected")
 	}
+}
+
+// A peer admitted after its connection closed (its answer arrived, then
+// it crashed before admit ran, so its Disconnected found it outside the
+// table) is checked like any lost table peer and evicted (memnet,
+// virtual time).
+func TestAdmittedAfterDisconnectChecked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNetwork(11, 10*time.Millisecond, 10*time.Millisecond)
+		nodes := memNodes(t, mn, 3, RandomWalk(false))
+		memJoin(t, nodes)
+		a, gone := nodes[1], nodes[2]
+		// Out of a's table when it stops, as when its answer is still on
+		// the way to admit: the Disconnected finds nothing to check.
+		a.rt.remove(gone.self)
+		require.NoError(t, mn.stop(gone))
+		settle()
+		require.False(t, a.msgr.connected(gone.self))
+		a.keeper.admit(gone.self)
+		require.True(t, a.rt.Find(gone.self), "admitted")
+		waitFor(t, time.Minute, "the dead peer checked and evicted", func() bool { return !a.rt.Find(gone.self) })
+	})
 }
 
 // The queue of peers to check holds each peer once and honours the
