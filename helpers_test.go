@@ -51,6 +51,14 @@ func identifiedHosts(t testing.TB, n int) (mocknet.Mocknet, []host.Host) {
 		require.NoError(t, err)
 		hs[i] = h
 	}
+	connectIdentified(t, mn, hs)
+	return mn, hs
+}
+
+// connectIdentified links and connects every host of mn and waits until
+// identify has run on each connection of hs (see identifiedHosts).
+func connectIdentified(t testing.TB, mn mocknet.Mocknet, hs []host.Host) {
+	t.Helper()
 	require.NoError(t, mn.LinkAll())
 	require.NoError(t, mn.ConnectAllButSelf())
 	for _, h := range hs {
@@ -63,7 +71,6 @@ func identifiedHosts(t testing.TB, n int) (mocknet.Mocknet, []host.Host) {
 			}
 		}
 	}
-	return mn, hs
 }
 
 // newMemTestNet is newTestNet on a memNetwork, for tests run in virtual

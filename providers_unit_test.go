@@ -116,17 +116,22 @@ func (s *mapProviders) GetProviders(_ context.Context, key []byte) ([]peer.AddrI
 func provNodes(t *testing.T, mn mocknet.Mocknet, opts ...[]Option) []*DHT {
 	t.Helper()
 	ctx := context.Background()
-	var out []*DHT
-	for _, o := range opts {
+	// Hosts connected and identified before the DHTs start (see
+	// identifiedHosts).
+	var hs []host.Host
+	for range opts {
 		h, err := mn.GenPeer()
 		require.NoError(t, err)
-		d, err := New(ctx, h, append([]Option{Mode(ModeServer)}, o...)...)
+		hs = append(hs, h)
+	}
+	connectIdentified(t, mn, hs)
+	var out []*DHT
+	for i, o := range opts {
+		d, err := New(ctx, hs[i], append([]Option{Mode(ModeServer)}, o...)...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = d.Close() })
 		out = append(out, d)
 	}
-	require.NoError(t, mn.LinkAll())
-	require.NoError(t, mn.ConnectAllButSelf())
 	for _, d := range out {
 		for _, o := range out {
 			if o != d {
