@@ -135,11 +135,10 @@ func (tk *keeper) admit(p peer.ID) {
 	}
 	// p answered, but its connection may have closed since, with the
 	// Disconnected already handled while p was not in the table: check it
-	// as any table peer that lost its connection, or a crashed peer would
-	// stay in the table until a request needs it.
-	if !tk.msgr.connected(p) {
-		tk.peerDisconnected(p)
-	}
+	// as any table peer that lost its connection (peerDisconnected does
+	// nothing while p is connected), or a crashed peer would stay in the
+	// table until a request needs it.
+	tk.peerDisconnected(p)
 }
 
 // touchBucket records that the bucket holding target was just looked up,
