@@ -45,20 +45,20 @@ func identifiedHosts(t testing.TB, n int) (mocknet.Mocknet, []host.Host) {
 	t.Helper()
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
+	return mn, addIdentifiedHosts(t, mn, n)
+}
+
+// addIdentifiedHosts adds n hosts to mn, links and connects every host of
+// mn, and waits until identify has run on each connection of the new
+// hosts (see identifiedHosts).
+func addIdentifiedHosts(t testing.TB, mn mocknet.Mocknet, n int) []host.Host {
+	t.Helper()
 	hs := make([]host.Host, n)
 	for i := range hs {
 		h, err := mn.GenPeer()
 		require.NoError(t, err)
 		hs[i] = h
 	}
-	connectIdentified(t, mn, hs)
-	return mn, hs
-}
-
-// connectIdentified links and connects every host of mn and waits until
-// identify has run on each connection of hs (see identifiedHosts).
-func connectIdentified(t testing.TB, mn mocknet.Mocknet, hs []host.Host) {
-	t.Helper()
 	require.NoError(t, mn.LinkAll())
 	require.NoError(t, mn.ConnectAllButSelf())
 	for _, h := range hs {
@@ -71,6 +71,7 @@ func connectIdentified(t testing.TB, mn mocknet.Mocknet, hs []host.Host) {
 			}
 		}
 	}
+	return hs
 }
 
 // newMemTestNet is newTestNet on a memNetwork, for tests run in virtual

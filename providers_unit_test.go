@@ -118,13 +118,7 @@ func provNodes(t *testing.T, mn mocknet.Mocknet, opts ...[]Option) []*DHT {
 	ctx := context.Background()
 	// Hosts connected and identified before the DHTs start (see
 	// identifiedHosts).
-	var hs []host.Host
-	for range opts {
-		h, err := mn.GenPeer()
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
-	connectIdentified(t, mn, hs)
+	hs := addIdentifiedHosts(t, mn, len(opts))
 	var out []*DHT
 	for i, o := range opts {
 		d, err := New(ctx, hs[i], append([]Option{Mode(ModeServer)}, o...)...)
