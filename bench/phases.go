@@ -104,9 +104,9 @@ type ImplResult struct {
 	GoroutinesIdle float64   `json:"goroutines_per_node_idle,omitempty"`
 	LoadAvg        [2]string `json:"loadavg"` // before and after this implementation ran
 	// UDPDrops is how many datagrams the kernel dropped for a full socket
-	// receive buffer while this implementation ran (RcvbufErrors in
-	// /proc/net/snmp, machine-wide); -1 where unknown. Over QUIC each one
-	// is a lost packet.
+	// receive buffer while this implementation ran over QUIC (RcvbufErrors
+	// in /proc/net/snmp, machine-wide); -1 where unknown, 0 over other
+	// transports. Over QUIC each one is a lost packet.
 	UDPDrops int64      `json:"udp_rcvbuf_drops,omitempty"`
 	Phases   []*OpStats `json:"phases"`
 	Error    string     `json:"error,omitempty"`
@@ -404,6 +404,9 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	drops0 := udpRcvbufErrors()
 	defer func() {
 		res.LoadAvg[1] = loadAvg()
+		if p.Transport != transportQUIC {
+			return
+		}
 		if drops1 := udpRcvbufErrors(); drops0 >= 0 && drops1 >= 0 {
 			res.UDPDrops = drops1 - drops0
 		} else {
