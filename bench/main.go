@@ -66,7 +66,7 @@ func parse(args []string) (*options, error) {
 	merge := fs.Bool("merge", false, "keep the other implementations' results found in an existing <tag>.json of the same parameters (run each implementation in its own process)")
 	replot := fs.String("replot", "", "rewrite the .md and charts of a saved .json report instead of running")
 	memProfile := fs.String("memprofile", "", "write a heap profile after each setup to <prefix>-<impl>.pprof; with -provide, one before and one after each providing run (<prefix>-<impl>-<store>-<path>-start.pprof and -end.pprof)")
-	cpuProfile := fs.String("cpuprofile", "", "with -provide: write a CPU profile of each providing run to <prefix>-<impl>-<store>-<path>.pprof")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each phase to <prefix>-<impl>-<phase>.pprof; with -provide, of each providing run to <prefix>-<impl>-<store>-<path>.pprof")
 	provide := fs.Int("provide", 0, "run only the providing-at-scale phase: this many random CIDs handed to one node (e.g. 10000)")
 	provStores := fs.String("provide-stores", "mem,leveldb", "datastores of the providing node, one run each: mem, leveldb")
 	provSample := fs.Int("provide-sample", 200, "CIDs whose findability from other nodes is checked")

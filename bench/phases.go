@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -49,7 +50,8 @@ type Params struct {
 	// after each implementation's setup ("<prefix>-<impl>.pprof").
 	MemProfile string
 	// CPUProfile, if set, is the path prefix of a CPU profile of each
-	// providing run (-provide).
+	// phase ("<prefix>-<impl>-<phase>.pprof") or of each providing run
+	// (-provide).
 	CPUProfile string
 }
 
@@ -67,7 +69,8 @@ type OpStats struct {
 	// RPCs is the number of DHT messages all nodes received during the
 	// phase, per operation.
 	RPCs float64 `json:"rpcs_per_op"`
-	// CPUMS is the process CPU time (user + system) per operation.
+	// CPUMS is the process CPU time (user + system) per operation, over
+	// the phase (the collection forced before it not included).
 	CPUMS float64 `json:"cpu_ms_per_op"`
 	// Extra holds per-phase figures: recall, hops, dead peers returned,
 	// time to the first provider...
@@ -232,6 +235,7 @@ func settle(limit time.Duration) {
 // runner runs the operations of phases with at most Par in flight and
 // never two at once on the same origin node.
 type runner struct {
+	impl  string
 	p     Params
 	tn    *testNet
 	locks []sync.Mutex
@@ -245,9 +249,22 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	if rn.tn.real != nil {
 		st.NewConns = make([]int, count)
 	}
+	// Collect the previous phases' garbage first, outside the measured
+	// window. Every node of the network shares this process's heap (about
+	// 2 GiB at 300 nodes), so one collection marks all of it at once and,
+	// on two cores, slows every node for seconds: whichever phase a cycle
+	// lands in shows connection setups of several seconds and a p95 that
+	// says nothing about the implementation. A real node collects its own
+	// small heap, a little at a time.
+	runtime.GC()
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
 	lookups0 := rn.tn.ownSum(Node.LookupsRun)
 	conns0, setup0 := rn.tn.connSetup()
+	var profile string
+	if rn.p.CPUProfile != "" {
+		profile = fmt.Sprintf("%s-%s-%s", rn.p.CPUProfile, rn.impl, strings.ReplaceAll(name, " ", "-"))
+	}
+	stopProfile := startCPUProfile(profile)
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range max(rn.p.Par, 1) {
@@ -275,6 +292,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	}
 	close(next)
 	wg.Wait()
+	stopProfile()
 	st.RPCs = float64(rn.tn.c.msgs.Load()-msgs0) / float64(count)
 	st.Extra["probes"] = float64(rn.tn.c.probes.Load()-probes0) / float64(count)
 	if own0 >= 0 {
@@ -290,6 +308,9 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		// connections per operation, their setup time summed per
 		// operation, and the mean setup of one connection.
 		conns1, setup1 := rn.tn.connSetup()
+		// Open connections per node when the phase ended (both ends
+		// counted): shows when a connection manager trimmed.
+		st.Extra["conns_per_node_end"] = rn.tn.connsPerNode()
 		st.Extra["new_conns"] = float64(conns1-conns0) / float64(count)
 		st.Extra["conn_setup_ms"] = ms(setup1-setup0) / float64(count)
 		if conns1 > conns0 {
@@ -452,12 +473,11 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 	}
 	mib := float64(1 << 20)
 	n := float64(p.N)
-	conns, peers := 0, 0
+	peers := 0
 	for _, h := range tn.hosts {
-		conns += len(h.Network().Conns())
 		peers += len(h.Network().Peers())
 	}
-	res.ConnsPerNode = float64(conns) / n
+	res.ConnsPerNode = tn.connsPerNode()
 	res.PeersPerNode = float64(peers) / n
 	res.HeapPerNodeMiB = (float64(heap2) - float64(heap1)) / n / mib
 	res.HeapPerNodeTotalMiB = (float64(heap2) - float64(heap0)) / n / mib
@@ -473,7 +493,7 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 		res.GoroutinesIdle = float64(gr3-gr1) / n
 		log.Info("after idle", "heap_mib_per_node", res.HeapIdleMiB, "goroutines_per_node", res.GoroutinesIdle)
 	}
-	rn := &runner{p: p, tn: tn, locks: make([]sync.Mutex, p.N)}
+	rn := &runner{impl: impl.Name, p: p, tn: tn, locks: make([]sync.Mutex, p.N)}
 	dropsAt := udpRcvbufErrors()
 	add := func(sts ...*OpStats) {
 		if p.Transport == transportQUIC {
@@ -515,6 +535,15 @@ func runImpl(impl Impl, p Params, keys []ic.PrivKey, pl *plan) (res *ImplResult)
 		}
 	}
 	return res
+}
+
+// connsPerNode is the mean number of open connections per host.
+func (tn *testNet) connsPerNode() float64 {
+	conns := 0
+	for _, h := range tn.hosts {
+		conns += len(h.Network().Conns())
+	}
+	return float64(conns) / float64(len(tn.hosts))
 }
 
 func writeHeapProfile(path string) error {

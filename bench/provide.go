@@ -151,7 +151,7 @@ func runProvide(impl Impl, p Params, pp ProvideParams, keys []ic.PrivKey, dir st
 		}
 		for _, path := range paths {
 			res := &ProvideRun{Impl: impl.Name, Store: kind, Path: path, Keys: len(cids)}
-			stopProfile := startCPUProfile(p.CPUProfile, impl.Name, kind, path)
+			stopProfile := startCPUProfile(profileName(p.CPUProfile, impl.Name, kind, path))
 			err := provideOnce(ctx, tn, pi, cids, path, profileName(p.MemProfile, impl.Name, kind, path), res)
 			stopProfile()
 			if err != nil {
@@ -573,12 +573,12 @@ func profileName(prefix, impl, store, path string) string {
 }
 
 // startCPUProfile profiles the CPU until the returned func is called, into
-// <prefix>-<impl>-<store>-<path>.pprof; with no prefix it does nothing.
-func startCPUProfile(prefix, impl, store, path string) (stop func()) {
-	if prefix == "" {
+// <name>.pprof; with no name it does nothing.
+func startCPUProfile(name string) (stop func()) {
+	if name == "" {
 		return func() {}
 	}
-	f, err := os.Create(profileName(prefix, impl, store, path) + ".pprof")
+	f, err := os.Create(name + ".pprof")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: cpu profile: %v\n", err)
 		return func() {}
