@@ -125,7 +125,7 @@ func (g gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason
 // Resource limits are off (every peer shares one IP); the connection
 // manager is go-libp2p's default (160/192), which 100 nodes never reach,
 // unless connHigh > 0 sets its watermarks (trimming 5 s after a
-// connection opened, at most once a second).
+// connection opened, about once a second); see newConnManager.
 func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string, connLow, connHigh int) (*testNet, error) {
 	// The tcp transport sets keepalives through a type assertion that the
 	// wrapped connection does not pass, and logs an error per connection;
@@ -155,13 +155,11 @@ func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string, connLow,
 			libp2p.DisableMetrics(),
 			libp2p.DisableIdentifyAddressDiscovery(),
 		}
-		if connHigh > 0 {
-			cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(5*time.Second), connmgr.WithSilencePeriod(time.Second))
-			if err != nil {
-				return nil, fmt.Errorf("host %d: connection manager: %w", i, err)
-			}
-			opts = append(opts, libp2p.ConnectionManager(cm))
+		cm, err := newConnManager(lat.Seed, i, connLow, connHigh)
+		if err != nil {
+			return nil, fmt.Errorf("host %d: connection manager: %w", i, err)
 		}
+		opts = append(opts, libp2p.ConnectionManager(cm))
 		switch tr {
 		case transportTCP:
 			opts = append(opts,
@@ -217,6 +215,26 @@ func newRealHosts(impl Impl, keys []ic.PrivKey, lat Latency, tr string, connLow,
 		tn.ids = append(tn.ids, h.ID())
 	}
 	return tn, nil
+}
+
+// newConnManager is host i's connection manager: go-libp2p's default
+// (160/192 connections, a minute's grace for new ones, a trim check every
+// 10 s), or with connHigh > 0 the watermarks given, a 5 s grace and a
+// check every second. The check period is spread by up to 10 % either way
+// per host (from seed): each manager ticks from its host's creation, and
+// hundreds of hosts built within a second would otherwise trim in step,
+// every node that is over its high watermark closing dozens of
+// connections at the same moment, network-wide, every period (a burst of
+// slow connection setups that lands in whichever phase is running). On
+// a real network the nodes' tickers are unrelated; here they drift apart
+// during setup.
+func newConnManager(seed uint64, i, connLow, connHigh int) (*connmgr.BasicConnMgr, error) {
+	low, high, grace, period := 160, 192, time.Minute, 10*time.Second
+	if connHigh > 0 {
+		low, high, grace, period = connLow, connHigh, 5*time.Second, time.Second
+	}
+	spread := time.Duration(mix(seed^mix(uint64(i)|1<<40)) % uint64(period/5))
+	return connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(grace), connmgr.WithSilencePeriod(period*9/10+spread))
 }
 
 // latPacketConn delays every outgoing datagram by the one-way latency to
