@@ -76,18 +76,50 @@ func (tk *keeper) consider(p peer.ID) {
 	})
 }
 
+// protocolRemoved handles identify reporting that p stopped speaking our
+// protocol. go-libp2p can report that wrongly, for good: a node that
+// registers its handler as a peer connects updates its identify snapshot
+// asynchronously, and the peer can handle the push carrying the new
+// snapshot before the identify response carrying the old one, which then
+// overwrites the protocols just learned; nothing announces them again, so
+// the peer would never admit the node. A connected p is therefore asked
+// once: if it answers on our protocol it still serves, the peerstore gets
+// the protocol back (so that a later real removal is reported again), and
+// p stays (or is admitted); if not, or when no check can start, it leaves
+// the table.
+func (tk *keeper) protocolRemoved(p peer.ID) {
+	if p == tk.self || tk.own.isClosed() {
+		return
+	}
+	if tk.msgr.connected(p) && tk.verify(p, func() {
+		if tk.probe(tk.own.ctx, p) == nil {
+			if err := tk.ps.AddProtocols(p, tk.protocol); err != nil {
+				tk.log.Debug("restore protocol", "peer", p, "err", err)
+			}
+			tk.admit(p)
+		} else {
+			tk.rt.remove(p)
+		}
+	}) {
+		return
+	}
+	// A check already running is an admission check (from the protocol
+	// announcement), which admits p if it answers.
+	tk.rt.remove(p)
+}
+
 // verify runs check, a check of p, on a goroutine owned by the DHT, unless
 // p is being checked already or verifySem's checks are all running: the
-// peer will come up again.
-func (tk *keeper) verify(p peer.ID, check func()) {
+// peer will come up again. It reports whether check was started.
+func (tk *keeper) verify(p peer.ID, check func()) bool {
 	if _, busy := tk.verifying.LoadOrStore(p, struct{}{}); busy {
-		return
+		return false
 	}
 	select {
 	case tk.verifySem <- struct{}{}:
 	default:
 		tk.verifying.Delete(p)
-		return
+		return false
 	}
 	release := func() { <-tk.verifySem; tk.verifying.Delete(p) }
 	if !tk.own.spawn(func() {
@@ -95,7 +127,9 @@ func (tk *keeper) verify(p peer.ID, check func()) {
 		check()
 	}) {
 		release()
+		return false
 	}
+	return true
 }
 
 // probe asks p a FIND_NODE for its own id and checks it answers.

@@ -2,6 +2,7 @@ package kad
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -83,12 +84,11 @@ func (d *DHT) eventLoop(sub event.Subscription) {
 			case event.EvtPeerIdentificationCompleted:
 				d.keeper.consider(e.Peer)
 			case event.EvtPeerProtocolsUpdated:
-				for _, p := range e.Removed {
-					if p == d.protocol {
-						d.rt.remove(e.Peer)
-					}
+				if slices.Contains(e.Removed, d.protocol) {
+					d.keeper.protocolRemoved(e.Peer)
+				} else {
+					d.keeper.consider(e.Peer)
 				}
-				d.keeper.consider(e.Peer)
 			case event.EvtLocalReachabilityChanged:
 				d.onReachability(e.Reachability)
 			}
