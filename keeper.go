@@ -92,14 +92,17 @@ func (tk *keeper) protocolRemoved(p peer.ID) {
 		return
 	}
 	if tk.msgr.connected(p) && tk.verify(p, func() {
-		if tk.probe(tk.own.ctx, p) == nil {
-			if err := tk.ps.AddProtocols(p, tk.protocol); err != nil {
-				tk.log.Debug("restore protocol", "peer", p, "err", err)
+		ctx := tk.own.ctx
+		if err := tk.probe(ctx, p); err != nil {
+			if ctx.Err() == nil { // not just closing
+				tk.rt.remove(p)
 			}
-			tk.admit(p)
-		} else {
-			tk.rt.remove(p)
+			return
 		}
+		if err := tk.ps.AddProtocols(p, tk.protocol); err != nil {
+			tk.log.Debug("restore protocol", "peer", p, "err", err)
+		}
+		tk.admit(p)
 	}) {
 		return
 	}
