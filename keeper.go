@@ -92,11 +92,7 @@ func (tk *keeper) protocolRemoved(p peer.ID) {
 		return
 	}
 	if tk.msgr.connected(p) && tk.verify(p, func() {
-		ctx := tk.own.ctx
-		if err := tk.probe(ctx, p); err != nil {
-			if ctx.Err() == nil { // not just closing
-				tk.rt.remove(p)
-			}
+		if !tk.checkPeer(tk.own.ctx, p) {
 			return
 		}
 		if err := tk.ps.AddProtocols(p, tk.protocol); err != nil {

@@ -145,16 +145,18 @@ func (tk *keeper) checkLiveness(ctx context.Context, cutoff time.Time) {
 	_ = g.Wait() // no task returns an error
 }
 
-// checkPeer probes p: an answer refreshes it, silence evicts it.
-func (tk *keeper) checkPeer(ctx context.Context, p peer.ID) {
+// checkPeer probes p: an answer refreshes it, silence evicts it (unless
+// ctx ended first: that is no evidence). It reports whether p answered.
+func (tk *keeper) checkPeer(ctx context.Context, p peer.ID) bool {
 	if err := tk.probe(ctx, p); err != nil {
 		if ctx.Err() == nil {
 			tk.log.Debug("evicting unresponsive peer", "peer", p, "err", err)
 			tk.rt.remove(p)
 		}
-		return
+		return false
 	}
 	tk.rt.seen(p, time.Now())
+	return true
 }
 
 // onBucketFull runs when a verified peer finds its bucket full and waits in
