@@ -12,6 +12,8 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // waitFor polls cond every 20 ms until it holds or d passes. It is the
@@ -26,6 +28,20 @@ func waitFor(t testing.TB, d time.Duration, msg string, cond func() bool) {
 			t.Fatalf("timed out after %v: %s", d, msg)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// onRequest wraps d's server handler for typ, if it has one, so that seen
+// runs on each such request before it is handled. Call it before any
+// traffic can reach d: the handlers are read without a lock.
+func onRequest(d *DHT, typ pb.MessageType, seen func(from peer.ID, req *pb.Message)) {
+	inner, ok := d.srv.handlers[int32(typ)]
+	if !ok {
+		return
+	}
+	d.srv.handlers[int32(typ)] = func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+		seen(from, req)
+		return inner(ctx, from, req)
 	}
 }
 

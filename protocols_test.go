@@ -31,16 +31,14 @@ func TestProtocolRemovedChecked(t *testing.T) {
 	// traffic: it reports each probe b receives from a.
 	b := start(1)
 	probed := make(chan struct{}, 16)
-	inner := b.srv.handlers[int32(pb.FindNode)]
-	b.srv.handlers[int32(pb.FindNode)] = func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
+	onRequest(b, pb.FindNode, func(from peer.ID, req *pb.Message) {
 		if from == hs[0].ID() && bytes.Equal(req.Key, []byte(b.self)) {
 			select {
 			case probed <- struct{}{}:
 			default:
 			}
 		}
-		return inner(ctx, from, req)
-	}
+	})
 	a := start(0)
 	waitFor(t, 10*time.Second, "tables filled", func() bool {
 		return a.rt.Find(b.self) && b.rt.Find(a.self)

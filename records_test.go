@@ -317,14 +317,7 @@ func newValuePair(t *testing.T, opts ...Option) *valuePair {
 	}
 	vp.b = start(hs[1])
 	for typ, n := range map[pb.MessageType]*atomic.Int64{pb.PutValue: &vp.puts, pb.GetValue: &vp.gets} {
-		inner, ok := vp.b.srv.handlers[int32(typ)]
-		if !ok {
-			continue
-		}
-		vp.b.srv.handlers[int32(typ)] = func(ctx context.Context, from peer.ID, req *pb.Message) (*pb.Message, error) {
-			n.Add(1)
-			return inner(ctx, from, req)
-		}
+		onRequest(vp.b, typ, func(peer.ID, *pb.Message) { n.Add(1) })
 	}
 	vp.a = start(hs[0])
 	waitFor(t, 10*time.Second, "tables filled", func() bool {
