@@ -265,6 +265,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		profile = fmt.Sprintf("%s-%s-%s", rn.p.CPUProfile, rn.impl, strings.ReplaceAll(name, " ", "-"))
 	}
 	stopProfile := startCPUProfile(profile)
+	phaseStart := time.Now()
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range max(rn.p.Par, 1) {
@@ -292,6 +293,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	}
 	close(next)
 	wg.Wait()
+	wall := time.Since(phaseStart)
 	stopProfile()
 	st.RPCs = float64(rn.tn.c.msgs.Load()-msgs0) / float64(count)
 	st.Extra["probes"] = float64(rn.tn.c.probes.Load()-probes0) / float64(count)
@@ -302,7 +304,14 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	if lookups0 >= 0 {
 		st.Extra["own_lookups"] = float64(rn.tn.ownSum(Node.LookupsRun)-lookups0) / float64(count)
 	}
-	st.CPUMS = ms(cpuTime()-cpu0) / float64(count)
+	cpu := cpuTime() - cpu0
+	st.CPUMS = ms(cpu) / float64(count)
+	// Cores busy over the phase: the process's CPU time over its wall
+	// time. Near runtime.NumCPU() the machine, not the implementation,
+	// sets the pace: every node's handshakes queue on the same cores.
+	if wall > 0 {
+		st.Extra["cores_busy"] = float64(cpu) / float64(wall)
+	}
 	if rn.tn.real != nil {
 		// Connection setup over the phase (see setupMeter): new outbound
 		// connections per operation, their setup time summed per
