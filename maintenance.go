@@ -161,14 +161,25 @@ func (tk *keeper) checkPeer(ctx context.Context, p peer.ID) bool {
 
 // onBucketFull runs when a verified peer finds its bucket full and waits in
 // the replacement cache: the bucket's least recently seen peer is checked,
-// and if it is dead the candidate takes its place.
+// and if it is dead the candidate takes its place. A peer seen within the
+// refresh interval is not checked: it answered us lately, so a probe would
+// most likely only confirm it, at the cost of a request and, for a peer we
+// are no longer connected to, a handshake on both sides; in a network much
+// larger than the table that happened on nearly every lookup answer. Such
+// a peer is checked once it is stale, by the next candidate for its bucket
+// or by the refresh (checkLiveness); a crash before that is caught by the
+// disconnect check (lostPeers) or by the first request that fails.
 func (tk *keeper) onBucketFull(candidate peer.ID) {
 	var oldest peer.ID
+	var seen time.Time
 	var ok bool
 	tk.rt.withTable(func(t *kbucket.Table) {
 		oldest, ok = t.Oldest(t.BucketFor(kbucket.PeerKey(candidate)))
+		if ok {
+			seen, ok = t.LastSeen(oldest)
+		}
 	})
-	if !ok {
+	if !ok || time.Since(seen) < tk.cfg.refreshInterval {
 		return
 	}
 	tk.verify(oldest, func() { tk.checkPeer(tk.own.ctx, oldest) })

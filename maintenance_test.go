@@ -93,6 +93,62 @@ func TestDeadPeerReplacedByCandidate(t *testing.T) {
 	})
 }
 
+// A candidate for a full bucket gets the bucket's least recently seen peer
+// asked only when that peer is stale (not seen within the refresh
+// interval): asking one that answered lately would only confirm it, and
+// cost a request and often a handshake.
+func TestBucketFullChecksOnlyStalePeers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		age     time.Duration // since the bucket's peer was last seen
+		checked bool
+	}{
+		{"seen a minute ago: not asked", time.Minute, false},
+		{"seen just within the refresh interval: not asked", 10*time.Minute - time.Second, false},
+		{"stale: asked", 10*time.Minute + time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				// Bucket size 1: most peers wait in replacement caches.
+				tn := newMemTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false), RefreshInterval(10*time.Minute))
+				a := tn.nodes[0]
+				var oldest, candidate peer.ID
+				i := 0
+				waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
+					i++
+					_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
+					a.rt.withTable(func(tb *kbucket.Table) {
+						for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
+							if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
+								oldest, _ = tb.Oldest(cpl)
+								candidate = reps[len(reps)-1]
+								return
+							}
+						}
+					})
+					return oldest != ""
+				})
+				synctest.Wait() // admission checks and their answers are done
+				seenAt := time.Now().Add(-tc.age)
+				a.rt.seen(oldest, seenAt)
+
+				a.keeper.onBucketFull(candidate)
+				time.Sleep(5 * time.Second) // virtual: time for a probe and its answer
+				synctest.Wait()
+
+				var last time.Time
+				a.rt.withTable(func(tb *kbucket.Table) { last, _ = tb.LastSeen(oldest) })
+				if tc.checked {
+					require.True(t, last.After(seenAt), "the stale peer was asked, answered and is seen anew")
+				} else {
+					require.Equal(t, seenAt, last, "a peer seen lately is not asked")
+				}
+				require.True(t, a.RoutingTable().Find(oldest), "a live peer keeps its slot either way")
+			})
+		})
+	}
+}
+
 func TestModeFollowsReachability(t *testing.T) {
 	cases := []struct {
 		mode  ModeOpt
