@@ -552,6 +552,13 @@ type memMessenger struct {
 	maxMsg  int           // the node's message size limit, for answers
 }
 
+func (m *memMessenger) connect(ctx context.Context, p peer.ID) error {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	_, err := m.dial(ctx, p)
+	return err
+}
+
 func (m *memMessenger) connected(p peer.ID) bool { return m.net.connected(m.self, p) }
 
 func (m *memMessenger) connAddrs(p peer.ID) []ma.Multiaddr {

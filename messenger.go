@@ -32,6 +32,9 @@ type messenger interface {
 	// and returns how many were written; written, if not nil, is called
 	// once all are. An error means they may not have arrived.
 	sendOneWay(ctx context.Context, p peer.ID, msgs []*pb.Message, written func()) (int, error)
+	// connect opens a connection to p unless one is open, within the
+	// request timeout.
+	connect(ctx context.Context, p peer.ID) error
 	// connected reports whether a connection to p is open.
 	connected(p peer.ID) bool
 	// connAddrs returns the remote addresses of the open connections to p.
@@ -52,6 +55,18 @@ type libp2pMessenger struct {
 
 func newLibp2pMessenger(h host.Host, protos []protocol.ID, timeout time.Duration, maxMsg int) *libp2pMessenger {
 	return &libp2pMessenger{h: h, protos: protos, timeout: timeout, maxMsg: maxMsg}
+}
+
+func (s *libp2pMessenger) connect(ctx context.Context, p peer.ID) error {
+	if s.connected(p) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if _, err := s.h.Network().DialPeer(ctx, p); err != nil {
+		return fmt.Errorf("connect to %s: %w", p, err)
+	}
+	return nil
 }
 
 func (s *libp2pMessenger) connected(p peer.ID) bool {

@@ -176,8 +176,10 @@ func DisjointPaths(d int) Option {
 // Vouchers is how many answering peers must report a live connection to
 // a peer GetClosestPeers would have to dial before that peer counts as
 // answered: the lookup then ends without waiting for a handshake (three
-// round trips over TCP) only to hear that the peer is alive. A peer that
-// crashed loses its connections at once and gets no vouches, but one
+// round trips over TCP) only to hear that the peer is alive. The dial
+// still finishes in the background, so the connection is there for what
+// the caller does next, but the peer is not asked once the lookup has
+// ended. A peer that crashed loses its connections at once and gets no vouches, but one
 // whose machine vanished keeps them until its peers' keepalives fail (30
 // to 40 s with Yamux's defaults) and can be returned in that time. 0 makes
 // GetClosestPeers wait for every result member to answer, as every other

@@ -156,17 +156,26 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 			break
 		}
 		for _, p := range send {
-			qctx := ctx
+			ask := fn
 			if cfg.Vouchers > 0 && !q.msgr.connected(p) {
 				// The lookup may end on vouches before this dial does: let
-				// the dial and the request finish anyway (the messenger's
-				// request timeout bounds them, Close stops them), so the
-				// handshake paid for leaves a connection for what the
-				// caller does next with the result.
-				qctx = q.own.ctx
+				// the dial finish anyway (the messenger's request timeout
+				// bounds it, Close stops it), so the handshake paid for
+				// leaves a connection for what the caller does next with
+				// the result; but ask p only if the lookup still waits for
+				// the answer, which would otherwise reach nobody.
+				ask = func(ctx context.Context, p peer.ID) (queryAnswer, error) {
+					if err := q.msgr.connect(q.own.ctx, p); err != nil {
+						return queryAnswer{}, err
+					}
+					if err := ctx.Err(); err != nil {
+						return queryAnswer{}, err
+					}
+					return fn(ctx, p)
+				}
 			}
 			if !q.own.spawn(func() {
-				ans, err := fn(qctx, p)
+				ans, err := ask(ctx, p)
 				select {
 				case replies <- queryReply{p: p, ans: ans, err: err}:
 				case <-ctx.Done():

@@ -3,6 +3,7 @@ package kad
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kadlib/kad/internal/kbucket"
+	"github.com/kadlib/kad/internal/pb"
 )
 
 // vouchRTT is the round trip of vouchNet's links; a dial costs three.
@@ -137,5 +139,50 @@ func TestVouchersOff(t *testing.T) {
 			}
 		}
 		require.Positive(t, dialled, "no lookup needed a new connection")
+	})
+}
+
+// The dials a lookup that ended on vouches did not wait for still finish,
+// but the peers at their end are not asked: their answers would arrive
+// after the lookup ended, for nobody.
+func TestVouchedPeersNotAskedAfterLookup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNetwork(41, vouchRTT/2, vouchRTT/2)
+		nodes := memNodes(t, mn, 40, RandomWalk(false))
+		var mu sync.Mutex
+		asked := map[[2]string]int{} // (asked peer, key): FIND_NODEs received
+		for _, d := range nodes {
+			self := d.self
+			onRequest(d, pb.FindNode, func(_ peer.ID, req *pb.Message) {
+				mu.Lock()
+				asked[[2]string{string(self), string(req.Key)}]++
+				mu.Unlock()
+			})
+		}
+		memJoin(t, nodes)
+		settle()
+		mn.dialDelay = 3 * vouchRTT
+		vouched := 0
+		for i, d := range nodes {
+			key := fmt.Sprintf("vouch-%d", i)
+			got, err := d.GetClosestPeers(context.Background(), key)
+			require.NoError(t, err)
+			var notAnswered []peer.ID
+			for _, p := range got {
+				if !d.msgr.connected(p) {
+					notAnswered = append(notAnswered, p)
+				}
+			}
+			settle()
+			for _, p := range notAnswered {
+				vouched++
+				require.True(t, d.msgr.connected(p), "%s: the dial to %s did not finish", key, p)
+				mu.Lock()
+				n := asked[[2]string{string(p), key}]
+				mu.Unlock()
+				require.Zero(t, n, "%s: %s was asked after the lookup ended", key, p)
+			}
+		}
+		require.Positive(t, vouched, "no lookup ended on vouches")
 	})
 }
