@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -208,6 +209,16 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// gcCycles is how many collection cycles the process has completed.
+func gcCycles() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return sample[0].Value.Uint64()
+}
+
 // memSnapshot is the live heap and goroutine count after two GCs.
 func memSnapshot() (heap uint64, goroutines int) {
 	runtime.GC()
@@ -258,6 +269,7 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	// small heap, a little at a time.
 	runtime.GC()
 	msgs0, probes0, own0, cpu0 := rn.tn.c.msgs.Load(), rn.tn.c.probes.Load(), rn.tn.ownRequests(), cpuTime()
+	gc0 := gcCycles()
 	lookups0 := rn.tn.ownSum(Node.LookupsRun)
 	conns0, setup0 := rn.tn.connSetup()
 	var profile string
@@ -305,6 +317,10 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 		st.Extra["own_lookups"] = float64(rn.tn.ownSum(Node.LookupsRun)-lookups0) / float64(count)
 	}
 	cpu := cpuTime() - cpu0
+	// Collections that ran inside the phase: each marks the whole
+	// network's heap at once (see the runtime.GC above) and can stall
+	// every node for a moment.
+	st.Extra["gc_cycles"] = float64(gcCycles() - gc0)
 	st.CPUMS = ms(cpu) / float64(count)
 	// Cores busy over the phase: the process's CPU time over its wall
 	// time. Near runtime.NumCPU() the machine, not the implementation,
