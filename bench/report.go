@@ -146,7 +146,7 @@ func rows() []row {
 		{"… the others' latency p95, ms", extra(gcp, "no_dial_p95_ms"), "ms", nil},
 		{"GetClosestPeers CPU per lookup, ms", phaseVal(gcp, func(p *OpStats) float64 { return p.CPUMS }), "%.1f", nil},
 		{"GetClosestPeers CPU cores busy (process CPU time / phase wall time)", extra(gcp, "cores_busy"), "%.2f", nil},
-		{"GetClosestPeers garbage collections during the phase (each pauses the whole network)", extra(gcp, "gc_cycles"), "%.0f", nil},
+		{"GetClosestPeers garbage collections during the phase (each slows every node at once)", extra(gcp, "gc_cycles"), "%.0f", nil},
 		{"FindPeer success", success("FindPeer"), "%.2f", nil},
 		{"FindPeer latency p50, ms", p50("FindPeer"), "ms", nil},
 		{"FindPeer latency p95, ms", p95("FindPeer"), "ms", nil},
