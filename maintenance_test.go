@@ -56,31 +56,38 @@ func TestRefreshFillsTable(t *testing.T) {
 	})
 }
 
+// fullBucket runs lookups from a, a node of a network with buckets of
+// one peer (so most peers wait in replacement caches), until one of its
+// buckets is full with a candidate waiting, and returns the bucket's peer
+// and the candidate.
+func fullBucket(t *testing.T, a *DHT) (oldest, candidate peer.ID) {
+	t.Helper()
+	// Admission checks run in the background; peers that answer a lookup
+	// are admitted, or wait in the cache.
+	i := 0
+	waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
+		i++
+		_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
+		a.rt.withTable(func(tb *kbucket.Table) {
+			for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
+				if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
+					oldest, _ = tb.Oldest(cpl)
+					candidate = reps[len(reps)-1]
+					return
+				}
+			}
+		})
+		return oldest != ""
+	})
+	require.NotEmpty(t, oldest, "a full bucket with a waiting candidate")
+	return oldest, candidate
+}
+
 func TestDeadPeerReplacedByCandidate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		// Bucket size 1: most peers wait in replacement caches.
 		tn := newMemTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false))
 		a := tn.nodes[0]
-		var dead, candidate peer.ID
-		// Admission checks run in the background: wait for a full bucket with
-		// a candidate waiting in its cache.
-		i := 0
-		waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
-			// Peers that answer a lookup are admitted, or wait in the cache.
-			i++
-			_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
-			a.rt.withTable(func(tb *kbucket.Table) {
-				for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
-					if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
-						dead, _ = tb.Oldest(cpl)
-						candidate = reps[len(reps)-1]
-						return
-					}
-				}
-			})
-			return dead != ""
-		})
-		require.NotEmpty(t, dead, "a full bucket with a waiting candidate")
+		dead, candidate := fullBucket(t, a)
 		// The bucket's peer dies abruptly.
 		for i, d := range tn.nodes {
 			if d.self == dead {
@@ -109,25 +116,9 @@ func TestBucketFullChecksOnlyStalePeers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				// Bucket size 1: most peers wait in replacement caches.
 				tn := newMemTestNet(t, 16, 9, BucketSize(1), Resiliency(1), RandomWalk(false), RefreshInterval(10*time.Minute))
 				a := tn.nodes[0]
-				var oldest, candidate peer.ID
-				i := 0
-				waitFor(t, 10*time.Second, "a full bucket with a waiting candidate", func() bool {
-					i++
-					_, _ = a.GetClosestPeers(context.Background(), fmt.Sprintf("fill-%d", i))
-					a.rt.withTable(func(tb *kbucket.Table) {
-						for cpl := 0; cpl <= tb.MaxCPL(); cpl++ {
-							if reps := tb.Replacements(cpl); len(reps) > 0 && tb.BucketSize(cpl) == 1 {
-								oldest, _ = tb.Oldest(cpl)
-								candidate = reps[len(reps)-1]
-								return
-							}
-						}
-					})
-					return oldest != ""
-				})
+				oldest, candidate := fullBucket(t, a)
 				synctest.Wait() // admission checks and their answers are done
 				seenAt := time.Now().Add(-tc.age)
 				a.rt.seen(oldest, seenAt)
