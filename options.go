@@ -179,9 +179,10 @@ func DisjointPaths(d int) Option {
 // round trips over TCP) only to hear that the peer is alive. The dial
 // still finishes in the background, so the connection is there for what
 // the caller does next, but the peer is not asked once the lookup has
-// ended. A peer that crashed loses its connections at once and gets no vouches, but one
-// whose machine vanished keeps them until its peers' keepalives fail (30
-// to 40 s with Yamux's defaults) and can be returned in that time. 0 makes
+// ended. A peer that crashed loses its connections at once and gets no
+// vouches, but one whose machine vanished keeps them until its peers'
+// keepalives fail (30 to 40 s with Yamux's defaults) and can be returned
+// in that time. 0 makes
 // GetClosestPeers wait for every result member to answer, as every other
 // lookup does. Default 2, so that no single peer can slip an id that
 // answers nothing into a result.
