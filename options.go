@@ -182,10 +182,9 @@ func DisjointPaths(d int) Option {
 // ended. A peer that crashed loses its connections at once and gets no
 // vouches, but one whose machine vanished keeps them until its peers'
 // keepalives fail (30 to 40 s with Yamux's defaults) and can be returned
-// in that time. 0 makes
-// GetClosestPeers wait for every result member to answer, as every other
-// lookup does. Default 2, so that no single peer can slip an id that
-// answers nothing into a result.
+// in that time. 0 makes GetClosestPeers wait for every result member to
+// answer, as every other lookup does. Default 2, so that no single peer
+// can slip an id that answers nothing into a result.
 func Vouchers(n int) Option {
 	return func(c *config) error { c.lookup.vouchers = n; return nil }
 }
