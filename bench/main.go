@@ -55,6 +55,7 @@ func parse(args []string) (*options, error) {
 	lat := fs.String("latency", "20ms", `one-way latency of every link, or "random" for 5-100 ms per link from the seed`)
 	ops := fs.Int("ops", 100, "operations per phase")
 	par := fs.Int("par", 4, "operations in flight at once (never two on one node)")
+	rate := fs.Float64("rate", 0, "if > 0, start operations at this many per second whatever is in flight (open loop; -par is then ignored): both implementations get the same offered load, where with -par the faster one starts more operations per second")
 	churn := fs.Float64("churn", 0.3, "fraction of nodes stopped abruptly before the churn phases; 0 to skip")
 	seed := fs.Uint64("seed", 1, "seed of identities, latencies, joins and operations")
 	idle := fs.Duration("idle", 0, "also measure heap and goroutines after the network sat unused this long (e.g. 65s, past kad's idle stream timeouts)")
@@ -129,7 +130,7 @@ func parse(args []string) (*options, error) {
 	if *quiet {
 		level = slog.LevelWarn
 	}
-	o.p = Params{Transport: *transport, ConnLow: connLow, ConnHigh: connHigh, N: *n, Ops: *ops, Par: *par, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, CPUProfile: *cpuProfile, Refresh: *refresh, Idle: *idle,
+	o.p = Params{Transport: *transport, ConnLow: connLow, ConnHigh: connHigh, N: *n, Ops: *ops, Par: *par, Rate: *rate, Churn: *churn, Seed: *seed, Latency: l, OpTime: *opTime, MemProfile: *memProfile, CPUProfile: *cpuProfile, Refresh: *refresh, Idle: *idle,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	if o.tag == "" {
 		ln := "lat" + *lat
@@ -246,7 +247,7 @@ func (o *options) compare() error {
 	pl := makePlan(o.p)
 	rep := &Report{GoVersion: runtime.Version(), CPUs: runtime.NumCPU()}
 	rep.LoadAvg[0] = loadAvg()
-	rep.Params.N, rep.Params.Ops, rep.Params.Par = o.p.N, o.p.Ops, o.p.Par
+	rep.Params.N, rep.Params.Ops, rep.Params.Par, rep.Params.Rate = o.p.N, o.p.Ops, o.p.Par, o.p.Rate
 	rep.Params.Churn, rep.Params.Seed, rep.Params.Latency = o.p.Churn, o.p.Seed, o.p.Latency.String()
 	if o.p.Transport != transportMock {
 		rep.Params.Transport = o.p.Transport

@@ -29,6 +29,7 @@ type Params struct {
 	N       int
 	Ops     int
 	Par     int     // operations in flight at once
+	Rate    float64 // if > 0: operations started per second, whatever is in flight (Par ignored)
 	Churn   float64 // fraction of nodes stopped before the churn phases
 	Seed    uint64
 	Latency Latency
@@ -243,8 +244,9 @@ func settle(limit time.Duration) {
 	}
 }
 
-// runner runs the operations of phases with at most Par in flight and
-// never two at once on the same origin node.
+// runner runs the operations of phases with at most Par in flight (or
+// started at Rate per second) and never two at once on the same origin
+// node.
 type runner struct {
 	impl  string
 	p     Params
@@ -278,32 +280,53 @@ func (rn *runner) run(name string, count int, origin func(int) int, op func(ctx 
 	}
 	stopProfile := startCPUProfile(profile)
 	phaseStart := time.Now()
-	next := make(chan int)
+	do := func(i int) {
+		o := origin(i)
+		rn.locks[o].Lock()
+		ctx, cancel := context.WithTimeout(context.Background(), rn.p.OpTime)
+		c0 := rn.tn.nodeConns(o)
+		start := time.Now()
+		ok[i] = op(ctx, i)
+		st.LatencyMS[i] = ms(time.Since(start))
+		if rn.tn.real != nil {
+			st.NewConns[i] = int(rn.tn.nodeConns(o) - c0)
+		}
+		cancel()
+		rn.locks[o].Unlock()
+	}
 	var wg sync.WaitGroup
-	for range max(rn.p.Par, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				o := origin(i)
-				rn.locks[o].Lock()
-				ctx, cancel := context.WithTimeout(context.Background(), rn.p.OpTime)
-				c0 := rn.tn.nodeConns(o)
-				start := time.Now()
-				ok[i] = op(ctx, i)
-				st.LatencyMS[i] = ms(time.Since(start))
-				if rn.tn.real != nil {
-					st.NewConns[i] = int(rn.tn.nodeConns(o) - c0)
+	if rn.p.Rate > 0 {
+		// Open loop: operation i starts at i/Rate seconds, whatever is
+		// still running, so both implementations get the same offered
+		// load and the machine's CPU per second follows each one's CPU per
+		// operation. (With -par the faster implementation starts more
+		// operations per second, and on two shared cores pays for it in
+		// every handshake.)
+		interval := time.Duration(float64(time.Second) / rn.p.Rate)
+		for i := range count {
+			time.Sleep(time.Until(phaseStart.Add(time.Duration(i) * interval)))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				do(i)
+			}()
+		}
+	} else {
+		next := make(chan int)
+		for range max(rn.p.Par, 1) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					do(i)
 				}
-				cancel()
-				rn.locks[o].Unlock()
-			}
-		}()
+			}()
+		}
+		for i := range count {
+			next <- i
+		}
+		close(next)
 	}
-	for i := range count {
-		next <- i
-	}
-	close(next)
 	wg.Wait()
 	wall := time.Since(phaseStart)
 	stopProfile()

@@ -22,9 +22,11 @@ import (
 // Report is one invocation's results, written as JSON.
 type Report struct {
 	Params struct {
-		N       int     `json:"n"`
-		Ops     int     `json:"ops"`
-		Par     int     `json:"par"`
+		N   int `json:"n"`
+		Ops int `json:"ops"`
+		Par int `json:"par"`
+		// Rate, when set, is operations started per second (open loop).
+		Rate    float64 `json:"rate,omitempty"`
 		Churn   float64 `json:"churn"`
 		Seed    uint64  `json:"seed"`
 		Latency string  `json:"latency"`
@@ -197,8 +199,12 @@ func (r *Report) markdown() string {
 	if p.Transport != "" {
 		fmt.Fprintf(&b, "transport %s, ", p.Transport)
 	}
-	fmt.Fprintf(&b, "N = %d, latency %s, %d ops per phase (%d in flight), churn %.0f%%, seed %d, periodic refresh %s, %s, %d CPUs; load average",
-		p.N, p.Latency, p.Ops, p.Par, p.Churn*100, p.Seed, p.Refresh, r.GoVersion, r.CPUs)
+	load := fmt.Sprintf("%d in flight", p.Par)
+	if p.Rate > 0 {
+		load = fmt.Sprintf("started at %g per second", p.Rate)
+	}
+	fmt.Fprintf(&b, "N = %d, latency %s, %d ops per phase (%s), churn %.0f%%, seed %d, periodic refresh %s, %s, %d CPUs; load average",
+		p.N, p.Latency, p.Ops, load, p.Churn*100, p.Seed, p.Refresh, r.GoVersion, r.CPUs)
 	for _, res := range r.Results {
 		fmt.Fprintf(&b, " %s %s -> %s", res.Impl, res.LoadAvg[0], res.LoadAvg[1])
 		if p.Transport == transportQUIC && res.UDPDrops > 0 {
