@@ -169,6 +169,9 @@ func (q *querier) runOpts(ctx context.Context, target kbucket.ID, fn queryFunc, 
 						return queryAnswer{}, err
 					}
 					if err := ctx.Err(); err != nil {
+						// Not sent after all: take it back from the
+						// lookup's request count (added when it returned).
+						q.tel.stats.lookupRequests.Add(-1)
 						return queryAnswer{}, err
 					}
 					return fn(ctx, p)

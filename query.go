@@ -24,7 +24,7 @@ const maxCloserPeersFactor = 2
 // benchmarks. Take two snapshots and subtract to measure an interval.
 type Stats struct {
 	Lookups         int64 // lookups run
-	LookupRequests  int64 // requests lookups issued (one to a peer still being dialled when its lookup ended on vouches counts, but is not sent)
+	LookupRequests  int64 // requests sent by lookups
 	LookupHops      int64 // sum over lookups of their hop count
 	OutboundFailed  int64 // requests that failed or timed out
 	InboundRequests int64 // requests received
