@@ -228,6 +228,11 @@ type simNet struct {
 	attacking bool // the run has attack scenarios: odd nodes run DisjointPaths
 }
 
+// simLookupTail is how long measure waits, in virtual time, after a
+// lookup returns before reading its counters: longer than a dial on the
+// simulated links.
+const simLookupTail = 2 * time.Second
+
 // measure runs count GetClosestPeers of random keys, one at a time, from
 // random live nodes and summarises them. A node runs one lookup at a time
 // and nothing in the background, so the change in its Stats is the
@@ -243,6 +248,10 @@ func (s *simNet) measure(ctx context.Context, rng *rand.Rand, count int) isim.Ph
 		start := time.Now()
 		got, err := d.GetClosestPeers(ctx, string(key))
 		lat := time.Since(start)
+		// Let the dials the lookup did not wait for (vouches) finish
+		// before reading the counters: a request it then no longer needs
+		// is taken back from its count, and one it still sent arrives.
+		time.Sleep(simLookupTail)
 		after := d.Stats()
 		sm := isim.Sample{
 			Err:      err != nil,
